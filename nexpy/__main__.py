@@ -1,0 +1,5 @@
+import sys
+
+from nexpy.cli import main
+
+sys.exit(main())

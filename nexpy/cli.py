@@ -1,0 +1,206 @@
+"""`nex`: parse, plan, dispatch, exit code. No behaviour lives here that a test cannot reach
+through `nexpy.plan`, `nexpy.runtime` or `nexpy.repl` without argv.
+
+Imports are deliberately lazy: `--help`, `--version` and `sessions` must never load litellm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nexpy import __version__
+from nexpy.errors import EXIT_INTERRUPTED, NexError, UsageError
+
+DESCRIPTION = """\
+A local-model-first agent runtime. Pick a model with -m PROVIDER:MODEL and, for a server you
+run, its endpoint with -e. Without a message on a terminal, nex opens a REPL."""
+
+EPILOG = """\
+providers: local: llamacpp: vllm: ollama: openrouter: openai: oai-compat: stub: claude: codex:
+examples:
+  nex -m local:qwen3-coder -e http://127.0.0.1:8080
+  nex -m ollama:qwen3:8b --autonomous "fix the failing test"
+  nex -m stub:demo --autonomous "show me what you can do"
+  nex sessions | nex doctor -m MODEL [-e URL]
+exit codes: 0 finished, 1 runtime failure, 2 usage or config error, 3 limit hit, 130 interrupted"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message, hint="see nex --help")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be positive")
+    return n
+
+
+def _positive_float(value: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be positive")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nex", description=DESCRIPTION, epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-m", "--model", help="PROVIDER:MODEL, e.g. local:qwen3-coder, claude:opus")
+    p.add_argument("-e", "--endpoint", help="the model server: a URL or a configured endpoint name")
+    # Deprecated: kept for old scripts, hidden from --help; maps to a model prefix.
+    p.add_argument("-x", "--executor", help=argparse.SUPPRESS)
+    p.add_argument("--autonomous", action="store_true", help="run MESSAGE (or stdin) to completion")
+    p.add_argument("--json", action="store_true", help="with --autonomous: one JSON event per line")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--chat", metavar="NAME", help="create or resume the session NAME")
+    group.add_argument("--resume", nargs="?", const="", metavar="PATTERN",
+                       help="resume the latest session (whose id contains PATTERN)")
+    p.add_argument("--max-turns", type=_positive_int, metavar="N", help="stop after N model requests")
+    p.add_argument("--max-time", type=_positive_float, metavar="SECONDS", help="stop after SECONDS")
+    p.add_argument("--context-window", type=_positive_int, metavar="N",
+                   help="the model's context window in tokens (else discovered)")
+    p.add_argument("--read-only", action="store_true", help="offer only read tools")
+    p.add_argument("--yes", action="store_true", help="do not ask before mutating tools")
+    p.add_argument("--system-prompt", metavar="TEXT|@FILE", help="replace the system prompt")
+    p.add_argument("-C", dest="workdir", metavar="DIR", help="the work dir (default: cwd)")
+    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks and debug detail")
+    p.add_argument("--version", action="version", version=f"nex {__version__}")
+    p.add_argument("message", nargs="?", metavar="MESSAGE", help="the task or first message")
+    return p
+
+
+def _system_prompt(value: str | None) -> str | None:
+    if value is None or not value.startswith("@"):
+        return value
+    path = Path(value[1:]).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read system prompt file {path}: {e.strerror}") from None
+
+
+def _workdir(value: str | None) -> Path:
+    path = Path(value).expanduser() if value else Path.cwd()
+    if not path.is_dir():
+        raise UsageError(f"work dir {path} does not exist or is not a directory", hint="check -C")
+    return path.resolve()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `nex` command."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    verbose = "-v" in args_list or "--verbose" in args_list
+    try:
+        return _dispatch(args_list)
+    except NexError as e:
+        from nexpy.runtime import report
+
+        report(e, verbose=verbose)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("nex: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] == "sessions":
+        return _sessions(argv[1:])
+    if argv and argv[0] == "doctor":
+        from nexpy.doctor import main as doctor_main
+
+        return doctor_main(argv[1:])
+
+    args = build_parser().parse_args(argv)
+    from nexpy.config import load_config
+    from nexpy.plan import SpawnRequest, plan_spawn
+
+    workdir = _workdir(args.workdir)
+    config = load_config(workdir)
+    plan = plan_spawn(
+        SpawnRequest(args.model, args.endpoint, args.executor, args.context_window), config
+    )
+    for warning in plan.warnings:
+        print(f"nex: warning: {warning}", file=sys.stderr)
+    print(plan.line(), file=sys.stderr, flush=True)
+
+    if plan.handler != "nex":
+        raise UsageError(
+            f"the {plan.handler} handler is not available in this build",
+            hint="use an in-process model such as -m local:MODEL",
+        )
+    if plan.spec.route.prefix != "stub":
+        from nexpy.provider import start_background_import
+
+        start_background_import()  # the prompt never waits for litellm
+
+    from nexpy.runtime import RunOptions
+
+    opts = RunOptions(
+        workdir=workdir,
+        chat=args.chat,
+        resume=args.resume,
+        json=args.json,
+        max_turns=args.max_turns,
+        max_time=args.max_time,
+        read_only=args.read_only,
+        yes=args.yes,
+        system_prompt=_system_prompt(args.system_prompt),
+        verbose=args.verbose,
+    )
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if args.autonomous or not interactive:
+        message = args.message
+        if message is None and not sys.stdin.isatty():
+            message = sys.stdin.read()
+        if not message or not message.strip():
+            raise UsageError("no task given", hint='pass MESSAGE, e.g. nex --autonomous "fix the test"')
+        import asyncio
+
+        from nexpy.runtime import run_autonomous
+
+        return asyncio.run(run_autonomous(plan, opts, message))
+    if args.json:
+        raise UsageError("--json needs --autonomous (the REPL talks to a person)")
+    from nexpy.repl import run_repl
+
+    return run_repl(plan, opts, first_message=args.message)
+
+
+def _sessions(argv: list[str]) -> int:
+    parser = _Parser(prog="nex sessions", description="List sessions, newest first.")
+    parser.add_argument("--json", action="store_true", help="one JSON object per session")
+    args = parser.parse_args(argv)
+    import json
+
+    from nexpy.session import list_sessions, state_home
+
+    home = state_home()
+    rows = list_sessions(home)
+    if args.json:
+        for info in rows:
+            print(json.dumps({"id": info.id, "updated": info.updated.isoformat(),
+                              "model": info.model, "messages": info.messages,
+                              "status": info.status, "path": str(info.path)}))
+        return 0
+    if not rows:
+        print(f"no sessions under {home}", file=sys.stderr)
+        return 0
+    width = max(len(r.id) for r in rows)
+    for info in rows:
+        when = info.updated.astimezone().strftime("%Y-%m-%d %H:%M")
+        print(f"{info.id:<{width}}  {when}  {info.messages:>4} msgs  {info.status:<12} {info.model or '-'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

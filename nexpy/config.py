@@ -1,0 +1,110 @@
+"""TOML configuration: a global file and a project-local one, merged field by field.
+
+    model = "local:qwen3-coder"        # default model
+    endpoint = "box"                   # default endpoint: a URL or a name below
+    context_window = 32768
+
+    [endpoints.box]
+    url = "http://10.0.0.5:8080"
+    provider = "local"                 # the routing prefix a bare model name gets here
+    api_key_env = "BOX_KEY"            # the *name* of the variable holding the key, never the key
+    context_window = 16384
+    headers = { "X-Team" = "nexpy" }
+
+Precedence (DESIGN §2) is decided in `plan.plan_spawn`; this module only loads and says which
+file each value came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from nexpy.errors import ConfigError
+
+LOCAL_CONFIG = Path(".nex") / "config.toml"
+
+
+class EndpointConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    provider: str | None = None
+    api_key_env: str | None = None
+    context_window: int | None = Field(default=None, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class FileConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    endpoint: str | None = None
+    context_window: int | None = Field(default=None, gt=0)
+    endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    """The merged configuration; `source[key]` names the file a value came from."""
+
+    model: str | None = None
+    endpoint: str | None = None
+    context_window: int | None = None
+    endpoints: dict[str, EndpointConfig] = field(default_factory=dict)
+    source: dict[str, str] = field(default_factory=dict)
+
+
+def global_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "nexpy" / "config.toml"
+
+
+def _display(path: Path, cwd: Path) -> str:
+    if path == global_config_path():
+        return "~/.config/nexpy/config.toml"
+    try:
+        return "./" + str(path.relative_to(cwd))
+    except ValueError:
+        return str(path)
+
+
+def read_file(path: Path) -> FileConfig:
+    """Parse one config file; a syntax or schema error is a ConfigError naming file and line."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {path} is not valid TOML: {e}", hint="fix or remove it") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+    try:
+        return FileConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(
+            f"config {path}: {where}: {err['msg']}", hint="see README 'Configuration'"
+        ) from e
+
+
+def load_config(cwd: Path, *, global_path: Path | None = None) -> Config:
+    """Merge the global file, then the project-local one over it."""
+    merged = Config()
+    for path in (global_path or global_config_path(), cwd / LOCAL_CONFIG):
+        if not path.is_file():
+            continue
+        fc = read_file(path)
+        label = _display(path, cwd)
+        for key in ("model", "endpoint", "context_window"):
+            value = getattr(fc, key)
+            if value is not None:
+                setattr(merged, key, value)
+                merged.source[key] = label
+        for name, ep in fc.endpoints.items():
+            merged.endpoints[name] = ep
+            merged.source[f"endpoints.{name}"] = label
+    return merged

@@ -1,0 +1,118 @@
+"""One error hierarchy, classified by what the caller does next.
+
+Every error renders as one line a person can act on: what failed, where, and what to try.
+The exit code travels with the error so the CLI never decides it twice.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_LIMIT = 3
+EXIT_INTERRUPTED = 130
+
+
+class NexError(Exception):
+    """Base: a failure that ends in one line and an exit code."""
+
+    exit_code = EXIT_RUNTIME
+    kind = "error"
+    retryable = False
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def line(self) -> str:
+        """The one line shown to a person."""
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+# -- fix the command line or the config (exit 2) ------------------------------------------
+class UsageError(NexError):
+    exit_code = EXIT_USAGE
+    kind = "usage"
+
+
+class ConfigError(NexError):
+    exit_code = EXIT_USAGE
+    kind = "config"
+
+
+class SessionLocked(NexError):
+    """Another process writes this session: pick another, or wait for it."""
+
+    exit_code = EXIT_USAGE
+    kind = "session_locked"
+
+
+# -- the endpoint or handler failed (exit 1) ----------------------------------------------
+class ProviderError(NexError):
+    """A model call failed. `retryable` says whether trying the same request again may help."""
+
+    kind = "provider"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str = "",
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class TransientError(ProviderError):
+    """Connection refused/reset, 408, 429, 5xx, an empty or idle stream: retry with backoff."""
+
+    kind = "transient"
+    retryable = True
+
+
+class AuthError(ProviderError):
+    kind = "auth"
+
+
+class NotFoundError(ProviderError):
+    kind = "not_found"
+
+
+class BadRequestError(ProviderError):
+    kind = "bad_request"
+
+
+class ContextOverflow(ProviderError):
+    """The request did not fit the model's window: compact and retry, or stop with exit 3."""
+
+    kind = "context_overflow"
+    exit_code = EXIT_LIMIT
+
+    def __init__(self, message: str, *, hint: str = "", n_ctx: int | None = None) -> None:
+        super().__init__(message, hint=hint, status=400)
+        self.n_ctx = n_ctx
+
+
+class HandlerError(NexError):
+    """A wrapped CLI (claude, codex) failed."""
+
+    kind = "handler"
+
+
+# -- the run is over, by a limit or by the user --------------------------------------------
+class LimitReached(NexError):
+    exit_code = EXIT_LIMIT
+    kind = "limit"
+
+    def __init__(self, message: str, *, reason: str, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason  # max_turns | max_time | context_limit
+
+
+class Interrupted(NexError):
+    exit_code = EXIT_INTERRUPTED
+    kind = "interrupted"

@@ -1,0 +1,213 @@
+"""Assembling a run: plan + session + model + agent + events, and the autonomous runner.
+
+The CLI and the REPL both start a `Run`; it owns the session lock, the `init`/`end` journal
+entries and the `session.started`/`session.ended` events, so every run is bracketed the same way
+whatever ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nexpy.agent import Agent, Confirm, Limits
+from nexpy.budget import Budget
+from nexpy.demo import DemoModel
+from nexpy.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    LimitReached,
+    NexError,
+    ProviderError,
+    UsageError,
+)
+from nexpy.events import Emitter, JsonSink, ProgressSink, Sink
+from nexpy.plan import SpawnPlan
+from nexpy.provider import LitellmModel, Model
+from nexpy.session import Session, state_home
+from nexpy.tools import ToolContext, all_tools
+
+WRAP_UP_SECONDS = 120.0
+
+
+@dataclass
+class RunOptions:
+    workdir: Path = field(default_factory=Path.cwd)
+    chat: str | None = None
+    resume: str | None = None  # None: a new session; "": the latest; else a pattern
+    json: bool = False
+    max_turns: int | None = None
+    max_time: float | None = None
+    read_only: bool = False
+    yes: bool = False
+    system_prompt: str | None = None
+    verbose: bool = False
+    home: Path | None = None
+
+
+def open_session(opts: RunOptions) -> Session:
+    """Create or resume the session the options name, and take its lock."""
+    home = opts.home or state_home()
+    if opts.chat:
+        session = Session.open_or_create(home, opts.chat)
+    elif opts.resume is not None:
+        session = Session.latest(home, opts.resume or None)
+    else:
+        session = Session.create(home)
+    try:
+        session.lock()
+    except BaseException:
+        session.close()
+        raise
+    return session
+
+
+def build_model(plan: SpawnPlan, emitter: Emitter) -> Model:
+    """The Model for an in-process plan: the embedded stub or litellm."""
+    if plan.spec.route.prefix == "stub":
+        if plan.model not in ("demo", ""):
+            raise UsageError(f"unknown stub model {plan.model!r}", hint="the embedded model is stub:demo")
+        return DemoModel(plan.model or "demo")
+
+    def on_retry(error: ProviderError, attempt: int, delay: float) -> None:
+        emitter.emit(
+            "warning",
+            message=f"{error.message}; retrying in {delay:.1f} s (attempt {attempt + 1})",
+        )
+
+    return LitellmModel(plan, on_retry=on_retry)
+
+
+class Run:
+    """One process's use of one session."""
+
+    def __init__(
+        self,
+        plan: SpawnPlan,
+        opts: RunOptions,
+        sinks: list[Sink],
+        *,
+        confirm: Confirm | None = None,
+    ) -> None:
+        self.plan = plan
+        self.opts = opts
+        self.emitter = Emitter(sinks=sinks)
+        self.started = time.monotonic()
+        self.session = open_session(opts)
+        self.emitter.session = self.session.id
+        try:
+            resumed = bool(self.session.entries())
+            workdir = opts.workdir.resolve()
+            self.session.append(
+                "init",
+                model=str(plan.spec),
+                handler=plan.handler,
+                endpoint=plan.endpoint,
+                cwd=str(workdir),
+                plan=plan.line(),
+                resumed=resumed,
+            )
+            for warning in self.session.warnings:
+                self.emitter.emit("warning", message=warning)
+            model = build_model(plan, self.emitter)
+            self.agent = Agent(
+                model,
+                session=self.session,
+                emitter=self.emitter,
+                tools=all_tools(read_only=opts.read_only),
+                ctx=ToolContext(workdir=workdir, outputs_dir=self.session.outputs_dir),
+                budget=Budget(plan.context_window, plan.provenance.get("context_window", "default")),
+                system_prompt=opts.system_prompt,
+                limits=Limits(opts.max_turns, opts.max_time),
+                confirm=None if opts.yes else confirm,
+            )
+        except BaseException:
+            self.session.close()
+            raise
+        self.emitter.emit(
+            "session.started",
+            model=str(plan.spec),
+            handler=plan.handler,
+            endpoint=plan.endpoint,
+            plan=plan.line(),
+            resumed=resumed,
+        )
+        self.ended = False
+
+    def end(self, status: str, exit_reason: str) -> None:
+        """Journal and announce the end of this run; release the session. Runs once."""
+        if self.ended:
+            return
+        self.ended = True
+        totals = self.agent.totals
+        fields: dict[str, Any] = {
+            "status": status,
+            "exit_reason": exit_reason,
+            "turns": totals.turns,
+            "input_tokens": totals.input_tokens,
+            "output_tokens": totals.output_tokens,
+            "duration_s": round(time.monotonic() - self.started, 3),
+        }
+        try:
+            self.session.append("end", **fields)
+        finally:
+            self.session.close()
+            self.emitter.emit("session.ended", **fields)
+
+
+def report(error: NexError, *, verbose: bool = False) -> None:
+    """The one line a failure ends in, on stderr."""
+    print(f"nex: error: {error.line()}", file=sys.stderr, flush=True)
+    if verbose and error.__cause__ is not None:
+        import traceback
+
+        traceback.print_exception(error.__cause__, file=sys.stderr)
+
+
+async def run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> int:
+    """Run one task to completion without prompts; return the exit code."""
+    sinks: list[Sink] = [JsonSink()] if opts.json else [ProgressSink(verbose=opts.verbose)]
+    run = Run(plan, opts, sinks)
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, task.cancel if task else lambda: None)
+    status, reason, code = "completed", "finished", EXIT_OK
+    try:
+        answer = await run.agent.send(message)
+        _answer(answer, opts)
+    except LimitReached as e:
+        status, reason, code = "limit", e.reason, e.exit_code
+        run.emitter.emit("warning", message=e.line())
+        report(e, verbose=opts.verbose)
+        with contextlib.suppress(Exception):
+            summary = await asyncio.wait_for(run.agent.wrap_up(e.reason), WRAP_UP_SECONDS)
+            _answer(summary, opts)
+    except NexError as e:
+        status, code = "failed", e.exit_code
+        reason = "context_limit" if e.kind == "context_overflow" else e.kind
+        run.emitter.emit("error", kind=e.kind, message=e.line(), retryable=e.retryable)
+        report(e, verbose=opts.verbose)
+    except asyncio.CancelledError:
+        status, reason, code = "interrupted", "interrupted", EXIT_INTERRUPTED
+        print("nex: interrupted; resume with --chat or --resume", file=sys.stderr)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        run.end(status, reason)
+    return code
+
+
+def _answer(text: str, opts: RunOptions) -> None:
+    """The final answer is the only thing autonomous mode writes to stdout (without --json)."""
+    if not opts.json and text:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()

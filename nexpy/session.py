@@ -1,0 +1,538 @@
+"""Sessions: one folder per conversation, with an append-only journal as its source of truth.
+
+    <home>/sessions/<id>/journal.jsonl     one JSON entry per line: init, message,
+                                           tool_execution, compaction, end
+    <home>/sessions/<id>/tool-outputs/     full tool output kept beside the capped copy
+    <home>/sessions/<id>/lock              flock'ed by the one writer; holds its pid
+
+Every append is written, then fsynced, before the loop takes its next step, so a `kill -9` at
+any point leaves only complete entries, plus at most one torn last line that readers skip and
+the next writer cuts off. One writer per session: `lock()` is a non-blocking exclusive flock,
+and `append()` refuses to write without it (DESIGN §6).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import platformdirs
+
+from nexpy.errors import SessionLocked, UsageError
+
+JOURNAL = "journal.jsonl"
+OUTPUTS = "tool-outputs"
+LOCKFILE = "lock"
+SESSIONS = "sessions"
+
+# A name becomes a folder: no separators, no "." or "..", nothing hidden, short enough for any
+# filesystem and for a terminal column.
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_NAME_RULE = "use 1-64 letters, digits, '.', '_' or '-', not starting with '.'"
+
+# Values shorter than this are too likely to collide with ordinary text ("true", "1234") to be
+# worth refusing an entry over.
+_MIN_SECRET_LEN = 8
+
+
+def state_home() -> Path:
+    """The state dir: `$NEX_HOME` if set and non-empty, else the platform's user state dir."""
+    env = os.environ.get("NEX_HOME", "").strip()
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_state_dir("nexpy"))
+
+
+def validate_name(name: str) -> str:
+    """Return `name` if it is a usable `--chat` name, else raise UsageError stating the rule."""
+    if not _NAME_RE.fullmatch(name) or name.startswith("."):
+        raise UsageError(f"invalid session name {name!r}", hint=_NAME_RULE)
+    return name
+
+
+def _sessions_dir(home: Path) -> Path:
+    return Path(home) / SESSIONS
+
+
+def _now_iso() -> str:
+    # Milliseconds order entries written within one second; "Z" is what log tools expect.
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _secret_env_values() -> dict[str, str]:
+    """Values of env vars that hold keys, mapped to their names (never logged, only compared).
+
+    Scanned on every append rather than cached: a key exported after import (a config loader,
+    a test) must still be caught, and the scan costs microseconds next to the fsync it precedes.
+    """
+    found: dict[str, str] = {}
+    for name, value in os.environ.items():
+        upper = name.upper()
+        is_key = upper == "API_KEY" or upper.endswith(("_API_KEY", "_TOKEN"))
+        if is_key and len(value) >= _MIN_SECRET_LEN:
+            found[value] = name
+    return found
+
+
+def _find_secret(value: Any, secrets_by_value: dict[str, str]) -> str | None:
+    """The env var name whose value appears as any string inside `value`, or None."""
+    if isinstance(value, str):
+        return secrets_by_value.get(value)
+    if isinstance(value, dict):
+        for item in value.values():
+            hit = _find_secret(item, secrets_by_value)
+            if hit:
+                return hit
+    elif isinstance(value, list | tuple):
+        for item in value:
+            hit = _find_secret(item, secrets_by_value)
+            if hit:
+                return hit
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        # It exists; it just belongs to someone else.
+        return True
+    return True
+
+
+def _read_pid(lock_path: Path) -> int | None:
+    try:
+        text = lock_path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _parse_entry(raw: bytes) -> dict[str, Any] | None:
+    """One journal line as an entry, or None if it is not a complete, well-formed entry."""
+    try:
+        entry = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
+        return None
+    return entry
+
+
+class Session:
+    """One session folder: its journal (read by anyone, written by the lock holder) and lock."""
+
+    def __init__(self, path: Path) -> None:
+        """Wrap an existing session folder; use `create`, `open_or_create` or `latest`."""
+        self.path = Path(path)
+        self.id = self.path.name
+        self.outputs_dir = self.path / OUTPUTS
+        self.journal_path = self.path / JOURNAL
+        self.warnings: list[str] = []
+        self._lock_fd: int | None = None
+        self._journal_fd: int | None = None
+        # The REPL may append from more than one thread; entries must not interleave.
+        self._write_mutex = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Session({self.id!r}, path={str(self.path)!r})"
+
+    # -- finding and making sessions ------------------------------------------------------
+    @classmethod
+    def create(cls, home: Path, name: str | None = None) -> Session:
+        """Make a new session folder: `name` if given (UsageError if it exists), else a fresh id.
+
+        The folder is not locked; call `lock()` before appending.
+        """
+        sessions = _sessions_dir(home)
+        sessions.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if name is not None:
+            validate_name(name)
+            try:
+                return cls._make(sessions / name)
+            except FileExistsError:
+                raise UsageError(
+                    f"session {name} already exists in {sessions}",
+                    hint=f"resume it with --chat {name}, or pick another name",
+                ) from None
+        # 16 bits of randomness per second is plenty for one person's runs, but two runs started
+        # in the same second may still collide: mkdir decides atomically, so just draw again.
+        for _ in range(32):
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            try:
+                return cls._make(sessions / f"{stamp}-{secrets.token_hex(2)}")
+            except FileExistsError:
+                continue
+        raise UsageError(
+            f"could not pick a free session id in {sessions}",
+            hint="name the session with --chat NAME",
+        )
+
+    @classmethod
+    def _make(cls, path: Path) -> Session:
+        # mkdir without exist_ok is the atomic "this folder is mine" test between processes.
+        path.mkdir(mode=0o700)
+        session = cls(path)
+        session.outputs_dir.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(session.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.close(fd)
+        _fsync_dir(path.parent)
+        return session
+
+    @classmethod
+    def open_or_create(cls, home: Path, name: str) -> Session:
+        """`--chat NAME`: the existing session NAME if there is one, else a new one by that name."""
+        validate_name(name)
+        path = _sessions_dir(home) / name
+        if path.is_dir():
+            return cls._open_existing(path)
+        try:
+            return cls.create(home, name)
+        except UsageError:
+            # Another process created it between our check and our mkdir: it exists now.
+            if path.is_dir():
+                return cls._open_existing(path)
+            raise
+
+    @classmethod
+    def _open_existing(cls, path: Path) -> Session:
+        session = cls(path)
+        # An older or hand-copied folder may lack the outputs dir; tools expect it to exist.
+        session.outputs_dir.mkdir(mode=0o700, exist_ok=True)
+        return session
+
+    @classmethod
+    def latest(cls, home: Path, pattern: str | None = None) -> Session:
+        """`--resume [PATTERN]`: the newest session (by journal mtime) whose id contains PATTERN.
+
+        The match is a case-insensitive substring. No match raises UsageError.
+        """
+        sessions = _sessions_dir(home)
+        needle = (pattern or "").lower()
+        candidates = [
+            (_updated_ts(path), path.name, path)
+            for path in _session_dirs(sessions)
+            if needle in path.name.lower()
+        ]
+        if not candidates:
+            if pattern:
+                raise UsageError(
+                    f"no session matches {pattern!r} in {sessions}",
+                    hint="nex sessions lists them",
+                )
+            raise UsageError(
+                f"no session to resume in {sessions}",
+                hint="start one with nex MESSAGE or --chat NAME",
+            )
+        # Ties on mtime (coarse clocks, copied folders) fall back to the id, which for unnamed
+        # sessions is a timestamp.
+        _, _, path = max(candidates)
+        return cls._open_existing(path)
+
+    # -- the one writer ---------------------------------------------------------------------
+    def lock(self) -> None:
+        """Become this session's only writer, or raise SessionLocked naming the holder's pid.
+
+        Non-blocking: a second `nex` on the same session fails at once instead of hanging. The
+        lock lives as long as the open file, so a crashed holder releases it with its process.
+        Idempotent while held.
+        """
+        if self._lock_fd is not None:
+            return
+        lock_path = self.path / LOCKFILE
+        # os.open fds are not inherited by children (O_CLOEXEC), so a background process the
+        # bash tool starts cannot keep the session locked after we exit.
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            pid = _read_pid(lock_path)
+            holder = f"pid {pid}" if pid is not None else "pid unknown"
+            raise SessionLocked(
+                f"session {self.id} is in use by another nex process ({holder})",
+                hint="wait for it to finish or pick another --chat name",
+            ) from None
+        # The pid is only for messages and `nex sessions`; the flock alone decides ownership.
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        self._lock_fd = fd
+        try:
+            self._open_journal()
+        except BaseException:
+            self.unlock()
+            raise
+
+    def _open_journal(self) -> None:
+        """Open the journal for appending, first cutting off a torn tail a crash left behind.
+
+        Appending after a torn line would glue the new entry onto the fragment and lose both.
+        """
+        fd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if size:
+                tail_start = _last_line_start(fd, size)
+                tail = os.pread(fd, size - tail_start, tail_start)
+                if not tail.endswith(b"\n"):
+                    if _parse_entry(tail) is not None:
+                        # The whole entry made it; only its newline did not. Keep it.
+                        os.write(fd, b"\n")
+                    else:
+                        os.ftruncate(fd, tail_start)
+                        self._warn(
+                            f"{self.journal_path}: dropped a torn last line "
+                            f"({size - tail_start} bytes) left by an interrupted write"
+                        )
+                    os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._journal_fd = fd
+
+    def unlock(self) -> None:
+        """Stop being the writer: close the journal and release the lock. Safe to repeat."""
+        with self._write_mutex:
+            if self._journal_fd is not None:
+                os.close(self._journal_fd)
+                self._journal_fd = None
+            if self._lock_fd is not None:
+                fd, self._lock_fd = self._lock_fd, None
+                try:
+                    # Clear the pid so `nex sessions` stops calling this session open. The file
+                    # itself stays: deleting it would let a waiter lock an orphaned inode while
+                    # a newcomer locks a fresh one, and both would write.
+                    os.ftruncate(fd, 0)
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                finally:
+                    os.close(fd)
+
+    @property
+    def locked(self) -> bool:
+        """Whether this object holds the session's lock."""
+        return self._lock_fd is not None
+
+    def append(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Write one entry durably (write + fsync) and return it.
+
+        Raises ValueError without holding the lock, or if any string in the entry equals the
+        value of a key-holding env var (`*_API_KEY`, `*_TOKEN`, `API_KEY`): a last line of
+        defence, since nothing should ever hand a key to the journal.
+        """
+        entry: dict[str, Any] = {"kind": kind, "ts": _now_iso(), **fields}
+        leaked = _find_secret(entry, _secret_env_values())
+        if leaked:
+            # Name the variable, never the value: this message may itself be logged.
+            raise ValueError(
+                f"refusing to journal a {kind} entry: it contains the value of ${leaked}"
+            )
+        # Serialize before touching the file so an unserializable field writes nothing.
+        # json escapes "\n" inside strings, so one entry is always exactly one line.
+        data = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+        with self._write_mutex:
+            fd = self._journal_fd
+            if self._lock_fd is None or fd is None:
+                raise ValueError(f"session {self.id}: append without holding its lock")
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            except BaseException:
+                # Cut back to before this entry, so a caller that retries writes it once, and
+                # the next entry never lands after a fragment.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
+        return entry
+
+    def close(self) -> None:
+        """Close the journal and release the lock."""
+        self.unlock()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- reading ------------------------------------------------------------------------------
+    def entries(self) -> list[dict[str, Any]]:
+        """Every complete entry in order. Invalid lines are skipped and noted in `warnings`.
+
+        Raises OSError if the journal cannot be read at all.
+        """
+        data = self.journal_path.read_bytes()
+        # Split on b"\n" only: str.splitlines would also break at U+2028 and friends, which
+        # ensure_ascii=False leaves raw inside message text.
+        lines = data.split(b"\n")
+        last = max((i for i, raw in enumerate(lines) if raw.strip()), default=-1)
+        out: list[dict[str, Any]] = []
+        for i, raw in enumerate(lines):
+            if not raw.strip():
+                continue
+            entry = _parse_entry(raw)
+            if entry is not None:
+                out.append(entry)
+            elif i == last:
+                self._warn(
+                    f"{self.journal_path}: skipped an incomplete last line {i + 1} "
+                    "(an interrupted write)"
+                )
+            else:
+                self._warn(f"{self.journal_path}: line {i + 1} is not a valid entry; skipped")
+        return out
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The conversation to send: `message` entries in order, reset by each `compaction`.
+
+        A compaction entry's `messages` list replaces the whole history before it.
+        """
+        return _rebuild_messages(self.entries())
+
+    def meta(self) -> dict[str, Any]:
+        """The fields the first `init` entry was appended with (model, handler, ...), or {}."""
+        for entry in self.entries():
+            if entry["kind"] == "init":
+                return {k: v for k, v in entry.items() if k not in ("kind", "ts")}
+        return {}
+
+    def _warn(self, message: str) -> None:
+        # entries() runs on every messages()/meta(); say each problem once.
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+
+def _rebuild_messages(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    history: list[dict[str, Any]] = []
+    for entry in entries:
+        kind = entry["kind"]
+        if kind == "message" and isinstance(entry.get("message"), dict):
+            history.append(entry["message"])
+        elif kind == "compaction" and isinstance(entry.get("messages"), list):
+            history = [m for m in entry["messages"] if isinstance(m, dict)]
+    return history
+
+
+def _last_line_start(fd: int, size: int) -> int:
+    """Offset just past the last newline before the final byte (0 if there is none)."""
+    block = 64 * 1024
+    end = size - 1  # a final "\n" ends the last line; it does not start it
+    while end > 0:
+        begin = max(0, end - block)
+        chunk = os.pread(fd, end - begin, begin)
+        at = chunk.rfind(b"\n")
+        if at != -1:
+            return begin + at + 1
+        end = begin
+    return 0
+
+
+def _fsync_dir(path: Path) -> None:
+    # A new folder's name lives in its parent; without this a power cut can lose the session
+    # even though its journal was fsynced.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        # Some filesystems refuse fsync on a directory; the journal's own fsync still holds.
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _session_dirs(sessions: Path) -> list[Path]:
+    try:
+        children = list(sessions.iterdir())
+    except FileNotFoundError:
+        return []
+    return [p for p in children if not p.name.startswith(".") and p.is_dir()]
+
+
+def _updated_ts(path: Path) -> float:
+    """When a session last changed: its journal's mtime, else (no journal) the folder's."""
+    for candidate in (path / JOURNAL, path):
+        try:
+            return candidate.stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
+
+
+@dataclass
+class SessionInfo:
+    """One row of `nex sessions`."""
+
+    id: str
+    path: Path
+    updated: datetime  # timezone-aware, local time
+    model: str | None
+    messages: int
+    status: str  # "ended:<status>", "open", "interrupted" or "unreadable"
+
+
+def _status(session: Session, entries: list[dict[str, Any]]) -> str:
+    # Ask the pid in the lock file rather than probing the flock: a probe would briefly hold the
+    # lock and could make a `nex` starting at that instant fail with SessionLocked.
+    pid = _read_pid(session.path / LOCKFILE)
+    if pid is not None and _pid_alive(pid):
+        return "open"
+    if entries and entries[-1]["kind"] == "end":
+        return f"ended:{entries[-1].get('status', 'unknown')}"
+    return "interrupted"
+
+
+def list_sessions(home: Path) -> list[SessionInfo]:
+    """Every session under `home`, newest first. A broken folder is listed as "unreadable"."""
+    rows: list[tuple[float, SessionInfo]] = []
+    for path in _session_dirs(_sessions_dir(home)):
+        ts = _updated_ts(path)
+        updated = datetime.fromtimestamp(ts).astimezone()
+        session = Session(path)
+        try:
+            entries = session.entries()
+        except (OSError, ValueError):
+            entries = None
+        if entries is None or (not entries and session.warnings):
+            # No journal, an unreadable one, or one with nothing valid in it.
+            info = SessionInfo(path.name, path, updated, None, 0, "unreadable")
+        else:
+            model = next(
+                (e.get("model") for e in entries if e["kind"] == "init"),
+                None,
+            )
+            info = SessionInfo(
+                id=path.name,
+                path=path,
+                updated=updated,
+                model=model if isinstance(model, str) else None,
+                messages=len(_rebuild_messages(entries)),
+                status=_status(session, entries),
+            )
+        rows.append((ts, info))
+    rows.sort(key=lambda row: (row[0], row[1].id), reverse=True)
+    return [info for _, info in rows]

@@ -1,0 +1,771 @@
+"""A scripted OpenAI-compatible chat server (plain + SSE, tool calls, llama.cpp's quirks).
+
+Command line::
+
+    python -m stubs.oai --port 0 --script FILE [--strict] [--window N] [--record FILE]
+                        [--host 127.0.0.1]
+
+binds, prints exactly one line ``http://HOST:PORT/v1`` to stdout, and serves until SIGTERM or
+SIGINT. In-process::
+
+    with stub_server({"replies": [{"content": "hi"}]}, strict=True) as srv:
+        httpx.post(srv.url + "/chat/completions", json=...)
+        srv.requests, srv.rejections
+
+Endpoints: ``POST /v1/chat/completions`` (and ``/chat/completions``), ``GET /v1/models``,
+``GET /props`` (llama.cpp; 404 unless a window is set), ``GET /health``, ``GET /_stub/requests``,
+``GET /_stub/rejections``. The script format is described in ``stubs/script.py``.
+
+Strict mode answers what a strict chat template rejects (``stubs.strict.validate``) with
+llama.cpp's 400 body; a window answers an oversized prompt with the C++ llama-server's
+``exceed_context_size_error``. Never imports ``nexpy``: a stub is an independent peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from stubs.script import Script
+from stubs.strict import validate
+
+__all__ = ["Script", "StubServer", "count_tokens", "estimate_prompt_tokens", "main", "stub_server"]
+
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.index0 == 0 and message['role'] != 'system' and message['role'] != 'user' %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+EXCEED_CONTEXT_MESSAGE = "the request exceeds the available context size, try increasing it"
+
+NGINX_502 = (
+    "<html>\r\n<head><title>{status} Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>{status} Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
+
+# ---------------------------------------------------------------------------------------------
+# Token counting: tiktoken cl100k_base when its file is already cached locally, else len // 4.
+# Never downloads: a stub must not touch the network.
+
+_CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+_encoder: Any = None
+_encoder_loaded = False
+_encoder_lock = threading.Lock()
+
+
+def _get_encoder() -> Any:
+    global _encoder, _encoder_loaded
+    with _encoder_lock:
+        if _encoder_loaded:
+            return _encoder
+        _encoder_loaded = True
+        try:
+            cache_dir = (
+                os.environ.get("TIKTOKEN_CACHE_DIR")
+                or os.environ.get("DATA_GYM_CACHE_DIR")
+                or os.path.join(tempfile.gettempdir(), "data-gym-cache")
+            )
+            key = hashlib.sha1(_CL100K_URL.encode()).hexdigest()
+            if cache_dir and os.path.isfile(os.path.join(cache_dir, key)):
+                import tiktoken
+
+                _encoder = tiktoken.get_encoding("cl100k_base")
+        except Exception:
+            _encoder = None
+        return _encoder
+
+
+def count_tokens(text: str) -> int:
+    """Tokens in ``text``: cl100k_base if available offline, else ``len(text) // 4``."""
+    if not text:
+        return 0
+    enc = _get_encoder()
+    if enc is not None:
+        try:
+            return len(enc.encode(text, disallowed_special=()))
+        except Exception:
+            pass
+    return len(text) // 4
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            p.get("text", "")
+            for p in content
+            if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
+    return ""
+
+
+def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """A rough prompt size: message text, tool call names and arguments, tool schemas, and
+    4 tokens of overhead per message."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        messages = []
+    parts: list[str] = []
+    for msg in messages:
+        if not isinstance(msg, dict):
+            continue
+        parts.append(_content_text(msg.get("content")))
+        calls = msg.get("tool_calls")
+        if isinstance(calls, list):
+            for call in calls:
+                fn = call.get("function") if isinstance(call, dict) else None
+                if isinstance(fn, dict):
+                    parts.append(str(fn.get("name") or ""))
+                    args = fn.get("arguments")
+                    parts.append(args if isinstance(args, str) else json.dumps(args))
+    tools = body.get("tools")
+    if tools:
+        parts.append(json.dumps(tools))
+    return count_tokens("\n".join(parts)) + 4 * len(messages)
+
+
+def _last_user_text(body: Mapping[str, Any]) -> str:
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for msg in reversed(messages):
+            if isinstance(msg, dict) and msg.get("role") == "user":
+                return _content_text(msg.get("content"))
+    return ""
+
+
+def _split_words(text: str) -> list[str]:
+    return re.findall(r"\s*\S+|\s+$", text)
+
+
+def _split_size(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The answer one reply makes.
+
+
+class _Answer:
+    """The assistant message a (non-fault) reply produces for one request."""
+
+    def __init__(
+        self, reply: Mapping[str, Any], body: Mapping[str, Any], next_id: Callable[[], str]
+    ):
+        if reply.get("echo"):
+            self.content: str | None = "echo: " + _last_user_text(body)
+        else:
+            content = reply.get("content")
+            self.content = None if content is None else str(content)
+        self.reasoning: str | None = reply.get("reasoning")
+        self.tool_calls: list[dict[str, Any]] = []
+        for call in reply.get("tool_calls") or ():
+            args = call.get("arguments", {})
+            self.tool_calls.append(
+                {
+                    "id": call.get("id") or next_id(),
+                    "type": "function",
+                    "function": {
+                        "name": call["name"],
+                        "arguments": args if isinstance(args, str) else json.dumps(args),
+                    },
+                }
+            )
+        if self.content is None and not self.tool_calls:
+            self.content = ""
+        self.finish_reason: str = reply.get("finish_reason") or (
+            "tool_calls" if self.tool_calls else "stop"
+        )
+        prompt = estimate_prompt_tokens(body)
+        completion = count_tokens(
+            (self.content or "")
+            + (self.reasoning or "")
+            + "".join(c["function"]["name"] + c["function"]["arguments"] for c in self.tool_calls)
+        )
+        self.usage: dict[str, Any] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        if isinstance(reply.get("usage"), Mapping):
+            self.usage.update(reply["usage"])
+        self.chunk_size: int | None = reply.get("chunk_size")
+
+    def message(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.reasoning is not None:
+            msg["reasoning_content"] = self.reasoning
+        if self.tool_calls:
+            msg["tool_calls"] = self.tool_calls
+        return msg
+
+    def _pieces(self, text: str) -> list[str]:
+        if self.chunk_size and self.chunk_size > 0:
+            return _split_size(text, self.chunk_size)
+        return _split_words(text)
+
+    def deltas(self) -> list[tuple[dict[str, Any], str | None]]:
+        """The streamed (delta, finish_reason) sequence, role first, finish last."""
+        out: list[tuple[dict[str, Any], str | None]] = [
+            ({"role": "assistant", "content": ""}, None)
+        ]
+        if self.reasoning:
+            out += [({"reasoning_content": p}, None) for p in self._pieces(self.reasoning)]
+        if self.content:
+            out += [({"content": p}, None) for p in self._pieces(self.content)]
+        for i, call in enumerate(self.tool_calls):
+            fn = call["function"]
+            head = {
+                "index": i,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": fn["name"], "arguments": ""},
+            }
+            out.append(({"tool_calls": [head]}, None))
+            args = fn["arguments"]
+            if self.chunk_size and self.chunk_size > 0:
+                pieces = _split_size(args, self.chunk_size)
+            else:
+                third = max(1, -(-len(args) // 3))
+                pieces = _split_size(args, third)
+            out += [
+                ({"tool_calls": [{"index": i, "function": {"arguments": p}}]}, None) for p in pieces
+            ]
+        out.append(({}, self.finish_reason))
+        return out
+
+
+def _error_body(status: int, message: str, type_: str | None = None) -> dict[str, Any]:
+    if type_ is None:
+        type_ = _ERROR_TYPES.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
+    return {"error": {"code": status, "message": message, "type": type_}}
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# The server.
+
+
+class StubServer:
+    """A scripted OpenAI chat server on its own event loop in a background thread."""
+
+    def __init__(
+        self,
+        script: Script | Mapping[str, Any] | list[Any] | None = None,
+        *,
+        strict: bool = False,
+        window: int | None = None,
+        record: str | Path | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        chat_template: str = DEFAULT_CHAT_TEMPLATE,
+    ) -> None:
+        self.script = script if isinstance(script, Script) else Script.from_obj(script)
+        self.strict = strict
+        self.window = window  # read on every request: tests may change it at runtime
+        self.host = host
+        self.port = port
+        self.chat_template = chat_template
+        self._record_path = Path(record) if record else None
+        self._record_file: Any = None
+        self._lock = threading.Lock()
+        self._requests: list[Any] = []
+        self._rejections: list[tuple[int, str]] = []
+        self._overflows: list[tuple[int, int]] = []
+        self._call_counter = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._stopping: asyncio.Event | None = None
+        self._started = time.time()
+
+    # -- public -------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT`` (no ``/v1``)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT/v1``, what an OpenAI client takes as its base URL."""
+        return self.base_url + "/v1"
+
+    @property
+    def requests(self) -> list[Any]:
+        """The chat request bodies received, in order (a copy)."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def rejections(self) -> list[tuple[int, str]]:
+        """(request index, reason) for each strict-mode rejection (a copy)."""
+        with self._lock:
+            return list(self._rejections)
+
+    @property
+    def overflows(self) -> list[tuple[int, int]]:
+        """(request index, n_prompt_tokens) for each context-window rejection (a copy)."""
+        with self._lock:
+            return list(self._overflows)
+
+    def start(self) -> StubServer:
+        """Start serving in a background thread; return once the socket is listening."""
+        if self._thread is not None:
+            raise RuntimeError("stub server already started")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._astart())
+            except BaseException as e:
+                failure.append(e)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="stub-oai", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        """Stop serving: hanging requests are cut, the socket is closed, the thread joined."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._astop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        self._thread = None
+        self._loop = None
+        if self._record_file is not None:
+            self._record_file.close()
+            self._record_file = None
+
+    def __enter__(self) -> StubServer:
+        return self.start() if self._thread is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def _astart(self) -> None:
+        self._stopping = asyncio.Event()
+        if self._record_path is not None:
+            self._record_file = open(self._record_path, "a", encoding="utf-8")  # noqa: SIM115
+        app = web.Application(middlewares=[_nodelay], client_max_size=64 * 1024 * 1024)
+        chat = self._chat
+        app.router.add_post("/v1/chat/completions", chat)
+        app.router.add_post("/chat/completions", chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/models", self._models)
+        app.router.add_get("/props", self._props)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/_stub/requests", self._stub_requests)
+        app.router.add_get("/_stub/rejections", self._stub_rejections)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        await site.start()
+        self._runner = runner
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+
+    async def _astop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+        await asyncio.sleep(0)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- recording ------------------------------------------------------------------------------
+
+    def _record(self, body: Any) -> int:
+        with self._lock:
+            self._requests.append(body)
+            index = len(self._requests) - 1
+            if self._record_file is not None:
+                self._record_file.write(json.dumps(body) + "\n")
+                self._record_file.flush()
+            return index
+
+    def _next_call_id(self) -> str:
+        with self._lock:
+            self._call_counter += 1
+            return f"call_{self._call_counter}"
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        entry: dict[str, Any] = {
+            "id": self.script.model,
+            "object": "model",
+            "created": int(self._started),
+            "owned_by": "stub",
+        }
+        window = self.window
+        if window is not None:
+            entry["meta"] = {"n_ctx": window, "n_ctx_train": window}
+        return web.json_response({"object": "list", "data": [entry]})
+
+    async def _props(self, request: web.Request) -> web.Response:
+        window = self.window
+        if window is None:
+            return web.json_response(
+                _error_body(404, "File Not Found", "not_found_error"), status=404
+            )
+        return web.json_response(
+            {
+                "default_generation_settings": {"n_ctx": window, "model": self.script.model},
+                "total_slots": 1,
+                "model_path": f"/models/{self.script.model}.gguf",
+                "chat_template": self.chat_template,
+                "build_info": "stub",
+            }
+        )
+
+    async def _stub_requests(self, request: web.Request) -> web.Response:
+        return web.json_response(self.requests)
+
+    async def _stub_rejections(self, request: web.Request) -> web.Response:
+        return web.json_response([list(r) for r in self.rejections])
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self._record({"_invalid_json": raw.decode("utf-8", "replace")})
+            return web.json_response(
+                _error_body(400, "Failed to parse the request body as JSON"), status=400
+            )
+        index = self._record(body)
+        if not isinstance(body, dict):
+            return web.json_response(
+                _error_body(400, "the request body must be a JSON object"), status=400
+            )
+
+        if self.strict:
+            reason = validate(body.get("messages"))  # type: ignore[arg-type]
+            if reason is not None:
+                with self._lock:
+                    self._rejections.append((index, reason))
+                return web.json_response(_error_body(400, reason), status=400)
+
+        window = self.window
+        if window is not None:
+            n_prompt = estimate_prompt_tokens(body)
+            if n_prompt > window:
+                with self._lock:
+                    self._overflows.append((index, n_prompt))
+                err = _error_body(400, EXCEED_CONTEXT_MESSAGE, "exceed_context_size_error")
+                err["error"]["n_prompt_tokens"] = n_prompt
+                err["error"]["n_ctx"] = window
+                return web.json_response(err, status=400)
+
+        reply = self.script.next()
+        delay = reply.get("delay")
+        if delay:
+            await asyncio.sleep(float(delay))
+        stream = bool(body.get("stream"))
+        fault = reply.get("fault")
+        if fault is not None:
+            return await self._fault(request, body, reply, fault, stream)
+        answer = _Answer(reply, body, self._next_call_id)
+        if stream:
+            return await self._stream(request, body, reply, answer)
+        return web.json_response(self._completion(body, answer))
+
+    def _completion(self, body: Mapping[str, Any], answer: _Answer) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-" + uuid.uuid4().hex[:24],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.script.model,
+            "choices": [
+                {"index": 0, "message": answer.message(), "finish_reason": answer.finish_reason}
+            ],
+            "usage": answer.usage,
+        }
+
+    def _chunks(self, body: Mapping[str, Any], answer: _Answer) -> list[bytes]:
+        """Every SSE event of a streamed answer, ``[DONE]`` included."""
+        cid = "chatcmpl-" + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        model = self.script.model
+
+        def chunk(choices: list[Any], **extra: Any) -> bytes:
+            obj = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": choices,
+                **extra,
+            }
+            return b"data: " + _dumps(obj) + b"\n\n"
+
+        events = [
+            chunk([{"index": 0, "delta": delta, "finish_reason": finish}])
+            for delta, finish in answer.deltas()
+        ]
+        opts = body.get("stream_options")
+        if isinstance(opts, dict) and opts.get("include_usage"):
+            events.append(chunk([], usage=answer.usage))
+        events.append(b"data: [DONE]\n\n")
+        return events
+
+    async def _open_stream(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            status=200,
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+        )
+        await resp.prepare(request)
+        return resp
+
+    async def _send(self, resp: web.StreamResponse, events: list[bytes], delay: float) -> None:
+        for i, event in enumerate(events):
+            if delay and i:
+                await asyncio.sleep(delay)
+            await resp.write(event)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        body: Mapping[str, Any],
+        reply: Mapping[str, Any],
+        answer: _Answer,
+    ) -> web.StreamResponse:
+        resp = await self._open_stream(request)
+        await self._send(resp, self._chunks(body, answer), float(reply.get("chunk_delay") or 0))
+        await resp.write_eof()
+        return resp
+
+    async def _hang(self, request: web.Request) -> None:
+        """Wait until the client goes away or the server stops."""
+        assert self._stopping is not None
+        while not self._stopping.is_set():
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 0.05)
+
+    def _abort(self, request: web.Request) -> None:
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+
+    async def _fault(
+        self,
+        request: web.Request,
+        body: Mapping[str, Any],
+        reply: Mapping[str, Any],
+        fault: str,
+        stream: bool,
+    ) -> web.StreamResponse:
+        chunk_delay = float(reply.get("chunk_delay") or 0)
+        after = int(reply.get("after_chunks") or 0)
+
+        if fault == "status":
+            status = int(reply.get("status") or 500)
+            headers = {}
+            if reply.get("retry_after") is not None:
+                headers["Retry-After"] = str(reply["retry_after"])
+            err = reply.get("body")
+            if err is None:
+                err = _error_body(status, f"stub fault: HTTP {status}")
+            text = err if isinstance(err, str) else json.dumps(err)
+            return web.Response(
+                status=status, text=text, content_type="application/json", headers=headers
+            )
+
+        if fault == "html":
+            status = int(reply.get("status") or 502)
+            page = reply.get("body")
+            if not isinstance(page, str):
+                page = NGINX_502.format(status=status)
+            return web.Response(status=status, text=page, content_type="text/html")
+
+        if fault == "hang":
+            if stream and after:
+                answer = _Answer(reply, body, self._next_call_id)
+                resp = await self._open_stream(request)
+                await self._send(resp, self._chunks(body, answer)[:after], chunk_delay)
+            await self._hang(request)
+            self._abort(request)
+            return web.Response(status=204)
+
+        if fault == "drop":
+            answer = _Answer(reply, body, self._next_call_id)
+            if stream:
+                resp = await self._open_stream(request)
+                await self._send(resp, self._chunks(body, answer)[:after], chunk_delay)
+            else:
+                data = _dumps(self._completion(body, answer))
+                resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+                resp.content_length = len(data)
+                await resp.prepare(request)
+                await resp.write(data[: len(data) // 2])
+            self._abort(request)
+            return resp
+
+        if fault == "malformed":
+            if stream:
+                resp = await self._open_stream(request)
+                answer = _Answer(reply, body, self._next_call_id)
+                await self._send(resp, self._chunks(body, answer)[:after], chunk_delay)
+                await resp.write(b"data: {not json\n\n")
+                await resp.write_eof()
+                return resp
+            return web.Response(status=200, text="{not json", content_type="application/json")
+
+        if fault == "empty":
+            if stream:
+                resp = await self._open_stream(request)
+                await resp.write_eof()
+                return resp
+            return web.Response(status=200, body=b"", content_type="application/json")
+
+        if fault == "stream_error":
+            status = int(reply.get("status") or 500)
+            err = reply.get("body")
+            if err is None:
+                err = _error_body(status, "stub fault: error in the middle of a stream")
+            if not stream:
+                text = err if isinstance(err, str) else json.dumps(err)
+                return web.Response(status=status, text=text, content_type="application/json")
+            resp = await self._open_stream(request)
+            if after:
+                answer = _Answer(reply, body, self._next_call_id)
+                await self._send(resp, self._chunks(body, answer)[:after], chunk_delay)
+            payload = err.encode() if isinstance(err, str) else _dumps(err)
+            await resp.write(b"data: " + payload + b"\n\n")
+            await resp.write_eof()
+            return resp
+
+        raise AssertionError(f"unhandled fault {fault!r}")  # Script rejects unknown faults
+
+
+@web.middleware
+async def _nodelay(request: web.Request, handler: Any) -> web.StreamResponse:
+    # aiohttp sets TCP_NODELAY itself; set it again explicitly, since without it every small
+    # response waits ~44 ms for a delayed ACK (DESIGN §8).
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    resp: web.StreamResponse = await handler(request)
+    return resp
+
+
+@contextlib.contextmanager
+def stub_server(
+    script: Script | Mapping[str, Any] | list[Any] | None = None, **kw: Any
+) -> Iterator[StubServer]:
+    """``with stub_server({...}, strict=True) as srv:`` — a started server, stopped on exit."""
+    srv = StubServer(script, **kw)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stubs.oai", description=__doc__.split("\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--script", help="JSON script file (default: echo every request)")
+    ap.add_argument("--strict", action="store_true", help="reject what strict templates reject")
+    ap.add_argument("--window", type=int, help="context window in tokens (enables /props)")
+    ap.add_argument("--record", help="append each request body to this file as a JSON line")
+    args = ap.parse_args(argv)
+
+    script = Script.load(args.script) if args.script else Script()
+    srv = StubServer(
+        script,
+        strict=args.strict,
+        window=args.window,
+        record=args.record,
+        host=args.host,
+        port=args.port,
+    )
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    srv.start()
+    sys.stdout.write(srv.url + "\n")
+    sys.stdout.flush()
+    while not done.wait(0.5):
+        pass
+    srv.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""A stub's script: the replies it gives, in order, then a default.
+
+A script is a JSON object (file or dict)::
+
+    {"model": "stub-model",
+     "replies": [{"content": "Hello"}, {"echo": true}, {"fault": "status", "status": 429}],
+     "default": {"echo": true}}
+
+or just the list of replies. Each chat request consumes one reply; once they run out every
+request gets ``default``. Keys are checked when the script is built, so a typo fails the test
+that wrote it instead of silently answering something else. Never imports ``nexpy``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FAULTS", "REPLY_KEYS", "Script"]
+
+FAULTS = ("status", "hang", "drop", "malformed", "empty", "html", "stream_error")
+
+REPLY_KEYS = frozenset(
+    {
+        "content",  # the answer text
+        "echo",  # answer "echo: <text of the last user message>"
+        "reasoning",  # reasoning_content, streamed before the content
+        "tool_calls",  # [{"name", "arguments" (dict or raw string), "id"?}]
+        "finish_reason",  # override the finish reason ("length", ...)
+        "usage",  # override (merged into) the usage object
+        "delay",  # seconds to wait before sending headers
+        "chunk_delay",  # seconds between streamed chunks
+        "chunk_size",  # characters per streamed piece (default: per word)
+        "fault",  # one of FAULTS
+        "status",  # HTTP status for fault status/html
+        "retry_after",  # Retry-After header for fault status
+        "body",  # error body for fault status/html/stream_error (dict or str)
+        "after_chunks",  # chunks sent before fault drop/hang
+    }
+)
+
+SCRIPT_KEYS = frozenset({"model", "replies", "default"})
+
+
+def _check_reply(reply: Any, where: str) -> dict[str, Any]:
+    if not isinstance(reply, Mapping):
+        raise ValueError(f"{where}: a reply must be an object, got {type(reply).__name__}")
+    unknown = set(reply) - REPLY_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown reply key(s) {sorted(unknown)}")
+    fault = reply.get("fault")
+    if fault is not None and fault not in FAULTS:
+        raise ValueError(f"{where}: unknown fault {fault!r} (known: {', '.join(FAULTS)})")
+    calls = reply.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list) or not calls:
+            raise ValueError(f"{where}: tool_calls must be a non-empty list")
+        for k, call in enumerate(calls):
+            if not isinstance(call, Mapping) or not isinstance(call.get("name"), str):
+                raise ValueError(f"{where}: tool_calls[{k}] needs a string 'name'")
+            extra = set(call) - {"name", "arguments", "id"}
+            if extra:
+                raise ValueError(f"{where}: tool_calls[{k}] unknown key(s) {sorted(extra)}")
+    return dict(reply)
+
+
+class Script:
+    """An ordered list of replies plus a default; consuming is thread-safe."""
+
+    def __init__(
+        self,
+        replies: Iterable[Mapping[str, Any]] = (),
+        *,
+        model: str = "stub-model",
+        default: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self._replies = [_check_reply(r, f"replies[{i}]") for i, r in enumerate(replies)]
+        self.default = _check_reply(default if default is not None else {"echo": True}, "default")
+        self._cursor = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_obj(cls, obj: Mapping[str, Any] | list[Any] | None) -> Script:
+        """Build from a parsed script: an object with replies/model/default, or a reply list."""
+        if obj is None:
+            return cls()
+        if isinstance(obj, list):
+            return cls(obj)
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"a script must be an object or a list, got {type(obj).__name__}")
+        unknown = set(obj) - SCRIPT_KEYS
+        if unknown:
+            raise ValueError(f"unknown script key(s) {sorted(unknown)}")
+        return cls(
+            obj.get("replies") or (),
+            model=obj.get("model") or "stub-model",
+            default=obj.get("default"),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Script:
+        """Read a JSON script file."""
+        with open(path, encoding="utf-8") as f:
+            return cls.from_obj(json.load(f))
+
+    def next(self) -> dict[str, Any]:
+        """Consume and return (a copy of) the next reply, or the default once they run out."""
+        with self._lock:
+            if self._cursor < len(self._replies):
+                reply = self._replies[self._cursor]
+                self._cursor += 1
+            else:
+                reply = self.default
+            return copy.deepcopy(reply)
+
+    def add(self, *replies: Mapping[str, Any]) -> None:
+        """Append replies at runtime (after the ones already queued)."""
+        with self._lock:
+            start = len(self._replies)
+            self._replies.extend(
+                _check_reply(r, f"replies[{start + i}]") for i, r in enumerate(replies)
+            )
+
+    @property
+    def consumed(self) -> int:
+        """How many scripted replies have been used."""
+        with self._lock:
+            return self._cursor
+
+    @property
+    def remaining(self) -> int:
+        """How many scripted replies are left before the default takes over."""
+        with self._lock:
+            return len(self._replies) - self._cursor
