@@ -103,8 +103,13 @@ class ProgressSink:
             line = f"  {mark} {_preview(event['output']) or '(no output)'}"
         elif kind == "warning":
             line = f"warning: {event['message']}"
-        elif kind == "message" and event.get("role") == "assistant" and event.get("progress"):
-            line = event["content"].strip() or None
+        elif kind == "message" and event.get("role") == "assistant" and not event.get("final"):
+            line = event["content"].strip() or None  # the final answer goes to stdout instead
+        elif kind == "session.ended":
+            line = (
+                f"— session {event['session']}: {event['status']} after {event['turns']} turns, "
+                f"{event['duration_s']:.1f} s"
+            )
         elif self.verbose and kind in ("usage", "context"):
             line = f"[{kind}] " + json.dumps({k: v for k, v in event.items() if k not in ("type", "session", "ts")})
         if line:

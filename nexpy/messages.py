@@ -187,8 +187,12 @@ def _add_assistant(
         turn.ids = [None] * len(calls)
     by_id: dict[str, _Owner] = {}
     for position, raw in enumerate(raw_ids):
-        if raw is not None:
-            by_id.setdefault(raw, _Owner(turn)).positions.append(position)
+        if raw is None:
+            continue  # a call without an id: no result can name it
+        owner = by_id.get(raw)
+        if owner is None:
+            owner = by_id[raw] = _Owner(turn)
+        owner.positions.append(position)
     owners.update(by_id)
 
 

@@ -157,6 +157,53 @@ def _short(text: str, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, outermost first (litellm wraps three or four deep)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not s for s in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _transport_failure(exc: BaseException, where: str) -> ProviderError | None:
+    """A failure to talk to the server at all, named by its real cause, or None.
+
+    litellm reports a refused connection as "InternalServerError 500: Connection error.";
+    the truth is at the bottom of the exception chain.
+    """
+    import socket
+    import ssl
+
+    chain = _chain(exc)
+    hint = "is the model server running? check -e, or run: nex doctor"
+    for cause in reversed(chain):
+        if isinstance(cause, socket.gaierror):
+            return ProviderError(
+                f"cannot resolve the host of {where} ({cause.strerror or cause})",
+                hint="check the host name in -e",
+            )
+        if isinstance(cause, ssl.SSLError):
+            return ProviderError(
+                f"TLS handshake with {where} failed ({cause.reason or cause})",
+                hint="if the server speaks plain HTTP, use an http:// URL",
+            )
+        if isinstance(cause, ConnectionRefusedError):
+            return TransientError(f"connection refused by {where}", hint=hint)
+        if isinstance(cause, ImportError):
+            return ProviderError(f"litellm failed internally: {cause}", hint="run with -v")
+    names = {type(c).__name__ for c in chain}
+    if names & {"APIConnectionError", "ConnectError", "ClientConnectorError", "ConnectionError"} or any(
+        isinstance(c, (ConnectionError, TimeoutError)) for c in chain
+    ):
+        detail = _short(str(chain[-1]), 160)
+        return TransientError(f"cannot reach {where}: {detail}", hint=hint)
+    if names & {"Timeout", "APITimeoutError", "ReadTimeout", "ServerTimeoutError"}:
+        return TransientError(f"{where} timed out", hint="the server is slow or stalled")
+    return None
+
+
 def classify(exc: BaseException, plan: SpawnPlan) -> ProviderError:
     """Map any exception from a model call onto nexpy's hierarchy, with a line to act on."""
     if isinstance(exc, ProviderError):
@@ -189,6 +236,8 @@ def classify(exc: BaseException, plan: SpawnPlan) -> ProviderError:
             hint=f"check -m, or list the server's models with: nex doctor -m {plan.spec}",
             status=404,
         )
+    if (transport := _transport_failure(exc, where)) is not None:
+        return transport
     if status in (408, 429) or (status is not None and status >= 500) or name in (
         "RateLimitError",
         "InternalServerError",
@@ -200,13 +249,6 @@ def classify(exc: BaseException, plan: SpawnPlan) -> ProviderError:
             hint="the server is overloaded or failing; try again later",
             status=status,
             retry_after=_retry_after(exc),
-        )
-    if name in ("APIConnectionError", "Timeout", "APITimeoutError") or isinstance(
-        exc, (ConnectionError, TimeoutError, OSError)
-    ):
-        return TransientError(
-            f"cannot reach {where}: {_short(text, 160)}",
-            hint="is the model server running? check -e, or run: nex doctor",
         )
     if status == 400 or name in ("BadRequestError", "UnprocessableEntityError"):
         return BadRequestError(f"HTTP {status or 400} from {where}: {_short(text)}", status=status)
@@ -318,6 +360,9 @@ class LitellmModel:
             "timeout": self.idle_timeout,
             "num_retries": 0,
             "max_retries": 0,
+            # With tools, litellm imports its MCP gateway (needs the `mcp` package, absent on a
+            # base install) to check for MCP tools; nex never sends any, so skip the check.
+            "_skip_mcp_handler": True,
         }
         if self.plan.endpoint:
             kwargs["api_base"] = self.plan.endpoint

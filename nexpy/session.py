@@ -29,6 +29,7 @@ from typing import Any
 
 import platformdirs
 
+from nexpy.credentials import redact_any
 from nexpy.errors import SessionLocked, UsageError
 
 JOURNAL = "journal.jsonl"
@@ -43,7 +44,6 @@ _NAME_RULE = "use 1-64 letters, digits, '.', '_' or '-', not starting with '.'"
 
 # Values shorter than this are too likely to collide with ordinary text ("true", "1234") to be
 # worth refusing an entry over.
-_MIN_SECRET_LEN = 8
 
 
 def state_home() -> Path:
@@ -68,38 +68,6 @@ def _sessions_dir(home: Path) -> Path:
 def _now_iso() -> str:
     # Milliseconds order entries written within one second; "Z" is what log tools expect.
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _secret_env_values() -> dict[str, str]:
-    """Values of env vars that hold keys, mapped to their names (never logged, only compared).
-
-    Scanned on every append rather than cached: a key exported after import (a config loader,
-    a test) must still be caught, and the scan costs microseconds next to the fsync it precedes.
-    """
-    found: dict[str, str] = {}
-    for name, value in os.environ.items():
-        upper = name.upper()
-        is_key = upper == "API_KEY" or upper.endswith(("_API_KEY", "_TOKEN"))
-        if is_key and len(value) >= _MIN_SECRET_LEN:
-            found[value] = name
-    return found
-
-
-def _find_secret(value: Any, secrets_by_value: dict[str, str]) -> str | None:
-    """The env var name whose value appears as any string inside `value`, or None."""
-    if isinstance(value, str):
-        return secrets_by_value.get(value)
-    if isinstance(value, dict):
-        for item in value.values():
-            hit = _find_secret(item, secrets_by_value)
-            if hit:
-                return hit
-    elif isinstance(value, list | tuple):
-        for item in value:
-            hit = _find_secret(item, secrets_by_value)
-            if hit:
-                return hit
-    return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -330,17 +298,10 @@ class Session:
     def append(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Write one entry durably (write + fsync) and return it.
 
-        Raises ValueError without holding the lock, or if any string in the entry equals the
-        value of a key-holding env var (`*_API_KEY`, `*_TOKEN`, `API_KEY`): a last line of
-        defence, since nothing should ever hand a key to the journal.
+        Raises ValueError without holding the lock. Secret values (nexpy.credentials) in any string
+        of the entry are redacted: a last line of defence, since nothing should hand a key here.
         """
-        entry: dict[str, Any] = {"kind": kind, "ts": _now_iso(), **fields}
-        leaked = _find_secret(entry, _secret_env_values())
-        if leaked:
-            # Name the variable, never the value: this message may itself be logged.
-            raise ValueError(
-                f"refusing to journal a {kind} entry: it contains the value of ${leaked}"
-            )
+        entry: dict[str, Any] = redact_any({"kind": kind, "ts": _now_iso(), **fields})
         # Serialize before touching the file so an unserializable field writes nothing.
         # json escapes "\n" inside strings, so one entry is always exactly one line.
         data = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")

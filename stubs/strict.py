@@ -82,7 +82,7 @@ def _tool_calls_error(tool_calls: Any) -> tuple[str | None, list[str]]:
     return None, ids
 
 
-def validate(messages: list[dict]) -> str | None:
+def validate(messages: list[dict[str, Any]]) -> str | None:
     """None if a strict chat template would accept ``messages``, else a one-line reason."""
     if not isinstance(messages, list):
         return f"messages is {type(messages).__name__}, expected a list"

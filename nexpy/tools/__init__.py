@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nexpy.credentials import redact
 from nexpy.tools.output import cap
 
 
@@ -111,6 +112,7 @@ async def execute(tool: Tool, args: dict[str, Any], ctx: ToolContext, call_id: s
         ok = False
         text = _error_line(f"{type(e).__name__}: {e}")
 
+    text = redact(text)  # a key read from a file never reaches the model, journal or events
     if len(text) <= ctx.output_cap:
         return ToolResult(ok=ok, output=text)
     # Capping may write up to ~10 MB to disk; keep that off the event loop.

@@ -8,6 +8,8 @@ glob or grep stops soon instead of running on unseen in the background.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import os
 import re
 import secrets
@@ -59,16 +61,23 @@ def _resolve_readable(ctx: ToolContext, path: str) -> tuple[Path, str]:
     """
     workdir = _workdir(ctx)
     outputs = ctx.outputs_dir.resolve() if ctx.outputs_dir is not None else None
-    if outputs is not None and path.strip():
+    # A NUL byte goes straight to resolve(), which refuses it in words.
+    if outputs is not None and path.strip() and "\x00" not in path:
         parts = PurePosixPath(path.strip()).parts
-        if len(parts) >= 1 and parts[0] == OUTPUTS_PREFIX.rstrip("/"):
+        if parts and parts[0] == OUTPUTS_PREFIX.rstrip("/"):
             try:
                 real = resolve(workdir, path)
             except ToolError:
                 real = None
             if real is None or not real.exists():
                 inner = "/".join(parts[1:]) or "."
-                real = resolve(outputs, inner, must_exist=True)
+                try:
+                    real = resolve(outputs, inner, must_exist=True)
+                except ToolError:
+                    # Word it as for any path: the work dir is the fence the model knows.
+                    if Path(outputs, inner).resolve().is_relative_to(outputs):
+                        raise ToolError(f"{path} does not exist") from None
+                    raise ToolError(f"path {path} is outside the work dir {workdir}") from None
                 return real, OUTPUTS_PREFIX + display(outputs, real)
         elif Path(path).is_absolute():
             real = Path(path).resolve()
@@ -108,7 +117,8 @@ def _lines(f: Any, max_bytes: int) -> Iterator[tuple[bytes, int]]:
 
 
 def _decode_line(chunk: bytes, extra: int, max_chars: int) -> str:
-    # Undecodable bytes become U+FFFD: a latin-1 file stays readable, edit_file stays exact.
+    # Undecodable bytes become U+FFFD so a latin-1 file stays readable; edit_file, which
+    # would write the text back, refuses such files instead.
     text = chunk.decode("utf-8", errors="replace").rstrip("\r\n")
     if extra or len(text) > max_chars:
         total = len(chunk) + extra
@@ -206,10 +216,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 
@@ -251,7 +259,9 @@ def _edit_file(args: dict[str, Any], ctx: ToolContext, stop: threading.Event) ->
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         # Editing through a lossy decode would rewrite bytes the model never saw.
-        raise ToolError(f"{shown} is not UTF-8 text (byte {e.start}); edit_file cannot edit it")
+        raise ToolError(
+            f"{shown} is not UTF-8 text (byte {e.start}); edit_file cannot edit it"
+        ) from None
 
     count = text.count(old)
     if count == 0 and "\r\n" in text and "\n" in old and "\r\n" not in old:
@@ -299,7 +309,7 @@ def expand_braces(pattern: str, _limit: int = 256) -> list[str]:
                 pre, post = pattern[:start], pattern[i + 1 :]
                 bounds = [start, *commas, i]
                 out: list[str] = []
-                for a, b in zip(bounds, bounds[1:], strict=False):
+                for a, b in itertools.pairwise(bounds):
                     for tail in expand_braces(pre + pattern[a + 1 : b] + post, _limit):
                         out.append(tail)
                         if len(out) > _limit:
@@ -418,7 +428,7 @@ def _glob(args: dict[str, Any], ctx: ToolContext, stop: threading.Event) -> str:
         while len(segs) > 1 and not _has_magic(segs[0]):
             fixed.append(segs.pop(0))
         # The prefix may be a symlink: resolve() refuses it if it leads out of the work dir.
-        start = resolve(workdir, base.joinpath(*fixed).as_posix()) if fixed else base
+        start = resolve(workdir, display(workdir, base.joinpath(*fixed))) if fixed else base
         if not start.is_dir():
             continue
         depth = None if "**" in segs else len(segs) - 1

@@ -78,7 +78,9 @@ def test_cli_endpoint_beats_configured_default_and_provenance_says_so(tmp_path: 
 
 
 def test_precedence_cli_env_local_global_default(tmp_path: Path) -> None:
-    config = _config(tmp_path, 'model = "local:from-global"\n', local='model = "local:from-local"\n')
+    config = _config(
+        tmp_path, 'model = "local:from-global"\n', local='model = "local:from-local"\n'
+    )
     assert plan_spawn(SpawnRequest(), config, {}).model == "from-local"
     env = {"NEX_MODEL": "local:from-env"}
     assert plan_spawn(SpawnRequest(), config, env).model == "from-env"

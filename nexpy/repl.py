@@ -1,0 +1,578 @@
+"""The REPL: a person talks to the agent in a terminal.
+
+One asyncio loop runs everything: prompt-toolkit reads a message (`prompt_async`), the agent
+answers in a task the person can cancel with Ctrl-C, and the answer streams to stdout as it
+arrives. When it is complete and has markdown in it, the raw lines are erased and rich renders
+it once. Tool activity, warnings and errors go to stderr through the event stream, so stdout
+carries only answers and the REPL's own UI.
+
+Lines starting with `/` are commands and never reach the model; `//text` sends `/text`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import re
+import shutil
+import signal
+import sys
+import termios
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.history import FileHistory
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.styles import Style
+from prompt_toolkit.utils import get_cwidth
+
+from nexpy import __version__
+from nexpy.errors import EXIT_INTERRUPTED, EXIT_OK, LimitReached, NexError, UsageError
+from nexpy.events import Event, ProgressSink, describe_call
+from nexpy.plan import SpawnPlan
+from nexpy.runtime import Run, RunOptions
+from nexpy.session import Session, list_sessions, state_home, validate_name
+
+PROMPT = "› "
+HISTORY_FILE = "repl_history"
+
+KEYS_HELP = (
+    "Enter sends · Alt-Enter or Esc Enter adds a line · Ctrl-C cancels an answer or clears "
+    "the line · Ctrl-D quits · //text sends /text"
+)
+
+# Markdown worth a re-render: block syntax at a line start, or unambiguous inline markup.
+# Single `*` or `_` emphasis is left out: "2*3*4" and snake_case names are not markdown.
+_MARKDOWN = re.compile(
+    r"^ {0,3}(?:#{1,6}\s|[-*+]\s+\S|\d{1,3}[.)]\s+\S|>\s|```|~~~|\|.*\|\s*$)"
+    r"|\*\*[^*\n]+\*\*|__[^_\n]+__|`[^`\n]+`|\[[^\]\n]+\]\([^)\s]+\)",
+    re.MULTILINE,
+)
+
+
+# -- pure helpers (unit-tested) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    """A slash command as typed: `/save notes` is Command("save", "notes")."""
+
+    name: str
+    arg: str
+
+
+def parse_input(text: str) -> Command | str | None:
+    """What a submitted line means: a command, a message to send, or nothing (blank).
+
+    A line whose first non-blank character is `/` is a command, so a mistyped command can never
+    reach the model; `//` escapes that and sends the text with one leading slash removed.
+    """
+    stripped = text.strip()
+    if not stripped:
+        return None
+    if stripped.startswith("//"):
+        return stripped[1:]
+    if stripped.startswith("/"):
+        parts = stripped[1:].split(maxsplit=1)
+        if not parts:
+            return Command("", "")
+        return Command(parts[0], parts[1].strip() if len(parts) > 1 else "")
+    # Keep the indentation of a pasted first line; only blank edges go.
+    return text.strip("\n").rstrip()
+
+
+def has_markdown(text: str) -> bool:
+    """Whether rendering `text` as markdown would change how it looks."""
+    return _MARKDOWN.search(text) is not None
+
+
+def _line_width(line: str) -> int:
+    return get_cwidth(line.expandtabs(8))
+
+
+def rows_above_cursor(text: str, width: int) -> int:
+    """How many terminal rows above the cursor the first row of `text` is.
+
+    `text` was written starting at column 0 of a terminal `width` columns wide. Each line takes
+    ceil(cells / width) rows (at least one); the cursor sits on the last line, and a line that
+    exactly fills the width leaves the cursor on that row (the terminal's pending wrap), so
+    moving up this many rows and clearing to the end of the screen erases exactly `text`.
+    """
+    width = max(1, width)
+    lines = text.split("\n")
+    rows = sum(max(1, -(-_line_width(line) // width)) for line in lines[:-1])
+    last = _line_width(lines[-1])
+    return rows + ((last - 1) // width if last else 0)
+
+
+# -- the terminal --------------------------------------------------------------------------------
+class Terminal:
+    """Writes the answer stream and the progress lines, keeping track of where the cursor is.
+
+    Streamed text and progress lines share one screen: a progress line must start on a fresh
+    line, and only the text streamed since the last progress line can be erased and re-rendered.
+    """
+
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.at_line_start = True
+        self.streamed = ""  # the answer text written since the last progress line
+
+    def text(self, piece: str) -> None:
+        """One streamed piece of the answer, shown at once."""
+        if not piece:
+            return
+        self.out.write(piece)
+        self.out.flush()
+        self.streamed += piece
+        self.at_line_start = piece.endswith("\n")
+
+    def break_line(self) -> None:
+        """Move to the start of a fresh line if the cursor is not at one."""
+        if not self.at_line_start:
+            self.out.write("\n")
+            self.out.flush()
+            self.at_line_start = True
+
+    def say(self, text: str) -> None:
+        """A line of the REPL's own UI, on stdout."""
+        self.break_line()
+        self.out.write(text.rstrip("\n") + "\n")
+        self.out.flush()
+        self.streamed = ""
+
+    def note(self, text: str) -> None:
+        """Progress, warnings and errors, on stderr, each on a line of its own."""
+        self.break_line()
+        self.err.write(text if text.endswith("\n") else text + "\n")
+        self.err.flush()
+        self.streamed = ""
+
+    def begin_answer(self) -> None:
+        self.break_line()
+        self.streamed = ""
+
+    def finish_answer(self, answer: str) -> None:
+        """Show the complete answer: re-render its markdown once, or leave the raw stream."""
+        streamed, self.streamed = self.streamed, ""
+        if not answer.strip():
+            self.break_line()
+            return
+        # Only re-render what the stream showed; anything else (e.g. a provider that did not
+        # stream) is printed whole.
+        matches = streamed.strip() == answer.strip()
+        if self.out.isatty() and has_markdown(answer) and (matches or not streamed):
+            if streamed and not self._erase(streamed):
+                self.break_line()
+                return
+            self._render_markdown(answer)
+            self.at_line_start = True
+            return
+        if not streamed:
+            self.out.write(answer)
+        self.at_line_start = (streamed or answer).endswith("\n")
+        self.break_line()
+
+    def _erase(self, streamed: str) -> bool:
+        """Erase the streamed lines; False if some already scrolled off and cannot be reached."""
+        size = shutil.get_terminal_size()
+        up = rows_above_cursor(streamed, size.columns)
+        if up >= size.lines - 1:
+            return False
+        self.out.write("\r" + (f"\x1b[{up}A" if up else "") + "\x1b[J")
+        self.out.flush()
+        return True
+
+    def _render_markdown(self, text: str) -> None:
+        # rich costs tens of milliseconds to import: only pay for it when there is markdown.
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        Console(file=self.out).print(Markdown(text))
+        self.out.flush()
+
+
+class TerminalSink:
+    """The REPL's event sink: tool calls and results, warnings and errors, as lines for a person.
+
+    Assistant text is not shown here; the REPL streams it itself. The lines are the ones
+    `ProgressSink` writes for autonomous runs, so both modes read the same.
+    """
+
+    SHOWN = frozenset({"tool.call", "tool.result", "warning"})
+
+    def __init__(self, terminal: Terminal, *, verbose: bool = False) -> None:
+        self.terminal = terminal
+        self._buffer = io.StringIO()
+        self._progress = ProgressSink(self._buffer, verbose=verbose)
+
+    def __call__(self, event: Event) -> None:
+        kind = event["type"]
+        if kind == "error":
+            self.terminal.note(f"error: {event['message']}")
+        elif kind in self.SHOWN:
+            self._progress(event)
+            text = self._buffer.getvalue()
+            self._buffer.seek(0)
+            self._buffer.truncate()
+            if text:
+                self.terminal.note(text)
+
+
+@contextlib.contextmanager
+def _no_echo(stream: TextIO) -> Iterator[None]:
+    """Keep keys typed while an answer streams from being echoed into it.
+
+    The typed keys stay queued and appear at the next prompt; Ctrl-C still raises SIGINT, and
+    the kernel no longer echoes a `^C` of its own beside ours.
+    """
+    try:
+        fd = stream.fileno()
+        saved = termios.tcgetattr(fd)
+    except (OSError, ValueError, termios.error, io.UnsupportedOperation):
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
+def copy_session(source: Session, home: Path, name: str) -> Session:
+    """Copy `source`'s journal and tool outputs into a new session NAME; never overwrite one.
+
+    The copy gets an `end` entry saying where it came from, so `nex sessions` lists it as
+    saved rather than as an interrupted run.
+    """
+    target = Session.create(home, name)  # atomic: a UsageError if NAME exists
+    shutil.copyfile(source.journal_path, target.journal_path)
+    if source.outputs_dir.is_dir():
+        shutil.copytree(source.outputs_dir, target.outputs_dir, dirs_exist_ok=True)
+    with target:
+        target.lock()
+        target.append("end", status="saved", exit_reason="saved", saved_from=source.id)
+    return target
+
+
+# -- the REPL ----------------------------------------------------------------------------------
+CommandHandler = Callable[["Repl", str], Awaitable[bool]]
+
+
+class Repl:
+    """One interactive session: the prompt, the commands, and the message in flight."""
+
+    def __init__(self, plan: SpawnPlan, opts: RunOptions) -> None:
+        self.plan = plan
+        self.opts = opts
+        self.home = opts.home or state_home()
+        self.terminal = Terminal()
+        self.sink = TerminalSink(self.terminal, verbose=opts.verbose)
+        self._generating: asyncio.Task[str] | None = None
+        self._confirm_prompt: PromptSession[str] | None = None
+        self.prompt = PromptSession[str](
+            history=self._history(),
+            multiline=True,
+            key_bindings=_key_bindings(),
+            prompt_continuation=lambda width, line, wrap: " " * width,
+            bottom_toolbar=self.toolbar,
+            style=Style.from_dict({"prompt": "bold"}),
+        )
+        # Last: from here on the session is locked and `main` must end the run.
+        self.run = Run(plan, opts, sinks=[self.sink], confirm=self.confirm)
+
+    def _history(self) -> FileHistory | None:
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            self.terminal.note(
+                f"warning: no input history: cannot create {self.home}: {e.strerror}"
+            )
+            return None
+        return FileHistory(str(self.home / HISTORY_FILE))
+
+    # -- the loop ---------------------------------------------------------------------------
+    async def main(self, first_message: str | None) -> int:
+        """Read and answer messages until /quit, Ctrl-D, SIGTERM or SIGHUP; end the run."""
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        saved_sigint = signal.getsignal(signal.SIGINT)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, me.cancel if me else lambda: None)
+        status, reason, code = "failed", "error", EXIT_OK
+        try:
+            self._install_sigint()
+            self.banner()
+            if first_message and first_message.strip():
+                self.terminal.say(PROMPT + first_message)
+                await self.send(first_message)
+            await self._read_loop()
+            status, reason = "completed", "user_exit"
+        except asyncio.CancelledError:
+            status, reason, code = "interrupted", "interrupted", EXIT_INTERRUPTED
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                with contextlib.suppress(RuntimeError, ValueError):
+                    loop.remove_signal_handler(sig)
+            # remove_signal_handler resets SIGINT to Python's default; put back what asyncio.run
+            # had installed, as prompt-toolkit does after each prompt.
+            signal.signal(signal.SIGINT, saved_sigint)
+            self.run.end(status, reason)
+        return code
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                text = await self.prompt.prompt_async([("class:prompt", PROMPT)])
+            except KeyboardInterrupt:
+                continue  # Ctrl-C at the prompt clears the line
+            except EOFError:
+                return  # Ctrl-D at an empty prompt
+            finally:
+                # prompt-toolkit takes SIGINT over while it reads and drops it afterwards.
+                self._install_sigint()
+            action = parse_input(text)
+            if action is None:
+                continue
+            if isinstance(action, Command):
+                if await self.command(action):
+                    return
+            else:
+                await self.send(action)
+
+    def _install_sigint(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self) -> None:
+        """Ctrl-C while an answer is coming cancels it; at any other moment it does nothing."""
+        if self._generating is not None:
+            self._generating.cancel()
+
+    async def send(self, text: str) -> None:
+        """Send one message and show the answer; every failure ends here, the REPL goes on."""
+        self.terminal.begin_answer()
+        task = asyncio.ensure_future(self.run.agent.send(text, self.terminal.text))
+        self._generating = task
+        try:
+            with _no_echo(sys.stdin):
+                answer = await task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                raise  # the REPL itself is being stopped, not just this answer
+            self.terminal.note("^C (cancelled)")
+            return
+        except LimitReached as e:
+            self.run.emitter.emit("warning", message=e.line())
+            return
+        except NexError as e:
+            self.run.emitter.emit("error", kind=e.kind, message=e.line(), retryable=e.retryable)
+            return
+        except Exception as e:
+            # A bug must not cost the person their conversation: it is journaled up to here.
+            self.run.emitter.emit(
+                "error", kind="internal", message=f"{type(e).__name__}: {e}", retryable=False
+            )
+            if self.opts.verbose:
+                import traceback
+
+                traceback.print_exception(e, file=sys.stderr)
+            return
+        finally:
+            self._generating = None
+        self.terminal.finish_answer(answer)
+
+    async def confirm(self, name: str, args: dict[str, Any]) -> bool:
+        """Ask before a mutating tool runs (not used with --yes). Ctrl-C cancels the answer."""
+        self.terminal.break_line()
+        if self._confirm_prompt is None:
+            self._confirm_prompt = PromptSession[str]()
+        try:
+            reply = await self._confirm_prompt.prompt_async(
+                f"run {describe_call(name, args)}? [y/N] "
+            )
+        except EOFError:
+            return False
+        except KeyboardInterrupt:
+            self._on_sigint()
+            raise asyncio.CancelledError from None
+        finally:
+            self._install_sigint()
+        return reply.strip().lower() in ("y", "yes")
+
+    # -- UI -----------------------------------------------------------------------------------
+    def banner(self) -> None:
+        session = self.run.session
+        count = len(self.run.agent.history)
+        resumed = f", resumed with {count} messages" if count else ""
+        self.terminal.say(f"nex {__version__} · {self.plan.spec} · session {session.id}{resumed}")
+        self.terminal.say("/help lists commands · " + KEYS_HELP.split(" · ")[0] + " · Ctrl-D quits")
+
+    def toolbar(self) -> str:
+        agent = self.run.agent
+        used = agent.context_used
+        shown = f"{used:,}" if used or not agent.history else "?"
+        totals = agent.totals
+        return (
+            f" {self.plan.spec} │ context {shown}/{agent.budget.window:,} │ "
+            f"tokens in {totals.input_tokens:,} out {totals.output_tokens:,} │ /help"
+        )
+
+    async def command(self, cmd: Command) -> bool:
+        """Run a slash command; True means quit."""
+        handler = COMMANDS.get(cmd.name.lower())
+        if handler is None:
+            self.terminal.note(f"unknown command /{cmd.name}; /help lists them")
+            return False
+        try:
+            return await handler[0](self, cmd.arg)
+        except NexError as e:
+            self.terminal.note(f"error: {e.line()}")
+        except OSError as e:
+            self.terminal.note(f"error: {e}")
+        return False
+
+    # -- commands -----------------------------------------------------------------------------
+    async def cmd_help(self, arg: str) -> bool:
+        width = max(len(usage) for _, usage, _ in COMMANDS.values())
+        lines = [f"  {usage:<{width}}  {text}" for _, usage, text in COMMANDS.values()]
+        self.terminal.say("\n".join(["commands:", *lines, "keys: " + KEYS_HELP]))
+        return False
+
+    async def cmd_clear(self, arg: str) -> bool:
+        agent = self.run.agent
+        agent.history.clear()
+        agent.context_used = 0
+        # A compaction entry replaces the history before it, so a resume starts fresh too.
+        self.run.session.append("compaction", messages=[], reason="clear")
+        self.terminal.say("started a fresh conversation (the journal keeps the old one)")
+        return False
+
+    async def cmd_tokens(self, arg: str) -> bool:
+        agent = self.run.agent
+        # What the next request would carry before the new message: history, prompt, tools.
+        agent.build_request(agent.schemas)
+        used, window = agent.context_used, agent.budget.window
+        totals = agent.totals
+        source = "" if agent.budget.known else " (assumed; set --context-window)"
+        self.terminal.say(
+            f"context: {used:,} of {window:,} tokens ({100 * used // max(1, window)}%){source}\n"
+            f"this run: {totals.turns} requests, {totals.input_tokens:,} tokens in, "
+            f"{totals.output_tokens:,} out"
+        )
+        return False
+
+    async def cmd_model(self, arg: str) -> bool:
+        self.terminal.say(
+            f"model: {self.plan.spec}\n{self.plan.line()}\n"
+            "switching models needs a restart: nex -m PROVIDER:MODEL "
+            f"--chat {self.run.session.id} continues this conversation"
+        )
+        return False
+
+    async def cmd_save(self, arg: str) -> bool:
+        if not arg:
+            raise UsageError("/save needs a name", hint="e.g. /save my-notes")
+        target = copy_session(self.run.session, self.home, validate_name(arg))
+        self.terminal.say(
+            f"saved a copy as {target.id} ({target.path}); resume it with /load {target.id}"
+        )
+        return False
+
+    async def cmd_load(self, arg: str) -> bool:
+        if not arg:
+            raise UsageError("/load needs a session name", hint="/sessions lists them")
+        name = validate_name(arg)
+        if name == self.run.session.id:
+            self.terminal.say(f"already in session {name}")
+            return False
+        if not (self.home / "sessions" / name).is_dir():
+            raise UsageError(
+                f"no session {name} in {self.home / 'sessions'}", hint="/sessions lists them"
+            )
+        # Open (and lock) the new session before letting go of the current one, so a failure
+        # leaves the person where they were.
+        opts = replace(self.opts, chat=name, resume=None)
+        new = Run(self.plan, opts, sinks=[self.sink], confirm=self.confirm)
+        self.run.end("completed", "switched")
+        self.run, self.opts = new, opts
+        count = len(new.agent.history)
+        self.terminal.say(f"switched to session {name} ({count} messages)")
+        return False
+
+    async def cmd_sessions(self, arg: str) -> bool:
+        rows = list_sessions(self.home)
+        if not rows:
+            self.terminal.say(f"no sessions in {self.home / 'sessions'}")
+            return False
+        width = max(len(r.id) for r in rows[:20])
+        lines = []
+        for info in rows[:20]:
+            mark = "*" if info.id == self.run.session.id else " "
+            when = info.updated.astimezone().strftime("%Y-%m-%d %H:%M")
+            lines.append(
+                f"{mark} {info.id:<{width}}  {when}  {info.messages:>4} msgs  "
+                f"{info.status:<14} {info.model or '-'}"
+            )
+        if len(rows) > 20:
+            lines.append(f"  … {len(rows) - 20} older (nex sessions lists all)")
+        self.terminal.say("\n".join(lines))
+        return False
+
+    async def cmd_quit(self, arg: str) -> bool:
+        return True
+
+
+# name -> (handler, usage, what it does); /help prints them in this order.
+COMMANDS: dict[str, tuple[CommandHandler, str, str]] = {
+    "help": (Repl.cmd_help, "/help", "list commands and keys"),
+    "clear": (Repl.cmd_clear, "/clear", "start a fresh conversation in this session"),
+    "tokens": (Repl.cmd_tokens, "/tokens", "context used and tokens spent"),
+    "model": (Repl.cmd_model, "/model", "the model and how it was chosen"),
+    "save": (Repl.cmd_save, "/save NAME", "copy this session to a new session NAME"),
+    "load": (Repl.cmd_load, "/load NAME", "switch to the session NAME"),
+    "sessions": (Repl.cmd_sessions, "/sessions", "list sessions, newest first"),
+    "quit": (Repl.cmd_quit, "/quit", "leave (Ctrl-D does too)"),
+    "exit": (Repl.cmd_quit, "/exit", "the same as /quit"),
+}
+
+
+def _key_bindings() -> KeyBindings:
+    """Enter sends; Alt-Enter / Esc Enter (and Ctrl-J) add a line.
+
+    prompt-toolkit's multiline mode is used for the editing (arrows move between lines) with
+    Enter rebound to submit. A bracketed paste inserts its newlines without submitting.
+    """
+    kb = KeyBindings()
+
+    @kb.add("enter")
+    def _submit(event: KeyPressEvent) -> None:
+        event.current_buffer.validate_and_handle()
+
+    @kb.add("escape", "enter")
+    @kb.add("c-j")
+    def _newline(event: KeyPressEvent) -> None:
+        event.current_buffer.insert_text("\n")
+
+    return kb
+
+
+def run_repl(plan: SpawnPlan, opts: RunOptions, first_message: str | None = None) -> int:
+    """Talk to the agent in this terminal until the person leaves; return the exit code."""
+
+    async def main() -> int:
+        repl = Repl(plan, opts)
+        return await repl.main(first_message)
+
+    # Not a TTY on stdin: prompt-toolkit would fail obscurely; the CLI never gets here then.
+    if not os.isatty(sys.stdin.fileno()):
+        raise UsageError("the REPL needs a terminal", hint='pass --autonomous "TASK" instead')
+    return asyncio.run(main())

@@ -1,0 +1,240 @@
+"""The REPL in a real terminal: `nex` runs inside tmux against the strict scripted stub.
+
+Each test starts its own tmux server (a unique socket) with a 120x40 window, types into it with
+`send-keys` like a person would, and reads the screen with `capture-pane`. The pane runs
+`nex ...; echo EXIT=$?` so the exit code shows up on screen.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from stubs.oai import StubServer, stub_server
+from tests.conftest import NEX, NexEnv
+
+pytestmark = [
+    pytest.mark.tmux,
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+    pytest.mark.timeout(120),
+]
+
+WAIT = 30.0  # generous: the first request also waits for litellm's import (~3 s)
+TOOLBAR = "│ /help"  # the bottom toolbar, drawn only while the prompt is reading
+
+
+class Pane:
+    """One tmux pane running `nex`, on a tmux server of its own."""
+
+    def __init__(self, socket: str, env: dict[str, str]) -> None:
+        self.socket = socket
+        self.env = env
+
+    def tmux(self, *args: str) -> str:
+        proc = subprocess.run(
+            ["tmux", "-L", self.socket, "-f", "/dev/null", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if proc.returncode != 0:
+            raise AssertionError(f"tmux {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def type(self, text: str) -> None:
+        """Type `text` literally (no key names)."""
+        self.tmux("send-keys", "-t", "nex", "-l", text)
+
+    def keys(self, *names: str) -> None:
+        """Press keys by tmux name: Enter, C-c, C-d, Escape."""
+        self.tmux("send-keys", "-t", "nex", *names)
+
+    def send(self, text: str) -> None:
+        """Type a message and press Enter."""
+        self.type(text)
+        self.keys("Enter")
+
+    def paste(self, text: str) -> None:
+        """Paste `text` the way a terminal does when the application asked for bracketed paste."""
+        self.tmux("set-buffer", "-b", "nexpaste", text)
+        self.tmux("paste-buffer", "-p", "-d", "-b", "nexpaste", "-t", "nex")
+
+    def screen(self) -> str:
+        """The whole pane, scrollback included, wrapped lines joined."""
+        return self.tmux("capture-pane", "-p", "-J", "-S", "-", "-t", "nex")
+
+    def wait(
+        self, check: Callable[[str], bool] | str, what: str = "", timeout: float = WAIT
+    ) -> str:
+        """Poll the screen until `check` holds (or the text appears); fail showing the screen."""
+        test = (lambda s: check in s) if isinstance(check, str) else check
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.screen()
+            if test(text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what or check!r}; screen:\n{text}")
+            time.sleep(0.05)
+
+    def wait_prompt(self) -> str:
+        """Wait until the prompt is reading input (its toolbar is drawn only then)."""
+        return self.wait(lambda s: TOOLBAR in s, "the prompt")
+
+
+@pytest.fixture
+def repl(nex_env: NexEnv) -> Iterator[Callable[[StubServer], Pane]]:
+    """Start `nex` against a stub in a fresh tmux server; kill the server afterwards."""
+    panes: list[Pane] = []
+
+    def start(srv: StubServer, *extra: str) -> Pane:
+        pane = Pane(f"nex-test-{secrets.token_hex(4)}", nex_env.env)
+        panes.append(pane)
+        argv = [NEX, "-m", "local:stub-model", "-e", srv.url, "--yes", *extra]
+        script = f"{shlex.join(argv)}; echo EXIT=$?; sleep 60"
+        pane.tmux(
+            "new-session", "-d", "-s", "nex", "-x", "120", "-y", "40",
+            "-c", str(nex_env.work), "/bin/sh", "-c", script,
+        )  # fmt: skip
+        pane.wait_prompt()
+        return pane
+
+    yield start
+    for pane in panes:
+        subprocess.run(["tmux", "-L", pane.socket, "kill-server"], capture_output=True, timeout=10)
+
+
+def _messages(body: dict) -> list[tuple[str, str]]:
+    return [(m["role"], m.get("content") or "") for m in body["messages"] if m["role"] != "system"]
+
+
+def test_two_messages_are_answered_and_the_second_carries_the_first(repl) -> None:
+    with stub_server({"default": {"echo": True}}, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("first question")
+        pane.wait("echo: first question")
+        pane.wait_prompt()
+        pane.send("second question")
+        screen = pane.wait("echo: second question")
+        assert "echo: first question" in screen
+        assert srv.rejections == []
+        assert len(srv.requests) == 2
+        assert _messages(srv.requests[1]) == [
+            ("user", "first question"),
+            ("assistant", "echo: first question"),
+            ("user", "second question"),
+        ]
+
+
+def test_ctrl_c_cancels_a_streaming_answer_and_the_session_goes_on(repl) -> None:
+    slow = {"content": "abcdefghij" * 4, "chunk_delay": 0.3, "chunk_size": 1}  # 40 chunks, 12 s
+    with stub_server({"replies": [slow], "default": {"echo": True}}, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("tell me slowly")
+        pane.wait("abc", "the slow answer to start streaming")
+        started = time.monotonic()
+        pane.keys("C-c")
+        pane.wait("^C (cancelled)")
+        pane.wait_prompt()
+        assert time.monotonic() - started < 5, "Ctrl-C did not cancel at once"
+        pane.send("after the cancel")
+        screen = pane.wait("echo: after the cancel")
+        assert "abcdefghij" * 4 not in screen.replace("\n", "")  # the answer never finished
+        assert srv.rejections == []
+        assert len(srv.requests) == 2
+        history = _messages(srv.requests[1])
+        assert history[0] == ("user", "tell me slowly")
+        role, partial = history[1]
+        assert role == "assistant" and partial.startswith("abc") and "interrupted" in partial
+        assert history[-1] == ("user", "after the cancel")
+
+
+def test_ctrl_d_at_an_empty_prompt_exits_0(repl, nex_env: NexEnv) -> None:
+    with stub_server({"default": {"echo": True}}, strict=True) as srv:
+        pane = repl(srv, "--chat", "bye")
+        pane.keys("C-d")
+        pane.wait("EXIT=0")
+    ended = [e for e in nex_env.journal("bye") if e["kind"] == "end"]
+    assert [(e["status"], e["exit_reason"]) for e in ended] == [("completed", "user_exit")]
+
+
+def test_unknown_slash_command_is_refused_and_never_sent(repl) -> None:
+    with stub_server({"default": {"echo": True}}, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("/frobnicate now")
+        pane.wait("unknown command /frobnicate; /help lists them")
+        pane.wait_prompt()
+        pane.send("/quit")
+        pane.wait("EXIT=0")
+        assert srv.requests == []
+
+
+def test_double_slash_sends_the_text_with_one_slash(repl) -> None:
+    with stub_server({"default": {"echo": True}}, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("//etc/hosts is odd")
+        pane.wait("echo: /etc/hosts is odd")
+        assert _messages(srv.requests[0]) == [("user", "/etc/hosts is odd")]
+
+
+def test_a_bracketed_paste_keeps_its_newlines_and_does_not_submit(repl) -> None:
+    with stub_server({"default": {"echo": True}}, strict=True) as srv:
+        pane = repl(srv)
+        pane.paste("line one\nline two")
+        pane.wait("  line two", "the pasted second line in the prompt")
+        assert srv.requests == []  # the paste alone sent nothing
+        pane.keys("Escape", "Enter")  # Alt-Enter adds a line too
+        pane.type("line three")
+        pane.keys("Enter")
+        pane.wait("echo: line one", "the answer")
+        pane.wait_prompt()
+        assert _messages(srv.requests[0]) == [("user", "line one\nline two\nline three")]
+
+
+def test_a_markdown_answer_is_rendered_once_complete(repl) -> None:
+    answer = "Result: **bold** and `code`\n\n- first item\n- second item"
+    with stub_server({"replies": [{"content": answer}]}, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("format it")
+        screen = pane.wait("• second item", "the rendered list")
+        after = screen.split("› format it", 1)[1]
+        assert "Result: bold and code" in after
+        assert "**" not in after and "- first item" not in after  # the raw stream was erased
+
+
+def test_clear_starts_a_fresh_conversation(repl, nex_env: NexEnv) -> None:
+    with stub_server({"default": {"echo": True}}, strict=True) as srv:
+        pane = repl(srv, "--chat", "fresh")
+        pane.send("remember me")
+        pane.wait("echo: remember me")
+        pane.wait_prompt()
+        pane.send("/clear")
+        pane.wait("started a fresh conversation")
+        pane.wait_prompt()
+        pane.send("who am I")
+        pane.wait("echo: who am I")
+        assert _messages(srv.requests[1]) == [("user", "who am I")]
+        assert srv.rejections == []
+    kinds = [e["kind"] for e in nex_env.journal("fresh")]
+    assert "compaction" in kinds
+
+
+def test_a_failed_request_prints_one_error_line_and_the_repl_goes_on(repl) -> None:
+    refused = {"fault": "status", "status": 401}
+    with stub_server({"replies": [refused], "default": {"echo": True}}, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("first try")
+        screen = pane.wait("error: HTTP 401")
+        assert "Traceback" not in screen
+        pane.wait_prompt()
+        pane.send("second try")
+        # The unanswered first message stays in the history; normalize merges the two turns.
+        pane.wait("echo: first try\nsecond try")
+        assert srv.rejections == []
