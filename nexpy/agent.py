@@ -133,7 +133,9 @@ class Agent:
             request = normalize(request, reminders=[note])
         return request
 
-    async def _request(self, on_text: TextCallback | None, tools: list[dict[str, Any]] | None) -> Reply:
+    async def _request(
+        self, on_text: TextCallback | None, tools: list[dict[str, Any]] | None
+    ) -> Reply:
         self.totals.turns += 1
         self.emit("turn.started", turn=self.totals.turns)
         request = self.build_request(tools)
@@ -244,4 +246,3 @@ class Agent:
 
 def tool_context(workdir: Path, session: Session) -> ToolContext:
     return ToolContext(workdir=workdir.resolve(), outputs_dir=session.outputs_dir)
-

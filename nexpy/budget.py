@@ -59,7 +59,9 @@ class TokenCounter:
             n += self.text(fn.get("name", "")) + self.text(str(fn.get("arguments", "")))
         return n
 
-    def messages(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> int:
+    def messages(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> int:
         total = sum(self.message(m) for m in messages) + 3
         if tools:
             total += self.text(json.dumps(tools, sort_keys=True))

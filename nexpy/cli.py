@@ -53,8 +53,12 @@ def _positive_float(value: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="nex", description=DESCRIPTION, epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(
+        prog="nex",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-m", "--model", help="PROVIDER:MODEL, e.g. local:qwen3-coder, claude:opus")
     p.add_argument("-e", "--endpoint", help="the model server: a URL or a configured endpoint name")
     # Deprecated: kept for old scripts, hidden from --help; maps to a model prefix.
@@ -63,12 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="with --autonomous: one JSON event per line")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--chat", metavar="NAME", help="create or resume the session NAME")
-    group.add_argument("--resume", nargs="?", const="", metavar="PATTERN",
-                       help="resume the latest session (whose id contains PATTERN)")
-    p.add_argument("--max-turns", type=_positive_int, metavar="N", help="stop after N model requests")
+    group.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="PATTERN",
+        help="resume the latest session (whose id contains PATTERN)",
+    )
+    p.add_argument(
+        "--max-turns", type=_positive_int, metavar="N", help="stop after N model requests"
+    )
     p.add_argument("--max-time", type=_positive_float, metavar="SECONDS", help="stop after SECONDS")
-    p.add_argument("--context-window", type=_positive_int, metavar="N",
-                   help="the model's context window in tokens (else discovered)")
+    p.add_argument(
+        "--context-window",
+        type=_positive_int,
+        metavar="N",
+        help="the model's context window in tokens (else discovered)",
+    )
     p.add_argument("--read-only", action="store_true", help="offer only read tools")
     p.add_argument("--yes", action="store_true", help="do not ask before mutating tools")
     p.add_argument("--system-prompt", metavar="TEXT|@FILE", help="replace the system prompt")
@@ -163,7 +178,9 @@ def _dispatch(argv: list[str]) -> int:
         if message is None and not sys.stdin.isatty():
             message = sys.stdin.read()
         if not message or not message.strip():
-            raise UsageError("no task given", hint='pass MESSAGE, e.g. nex --autonomous "fix the test"')
+            raise UsageError(
+                "no task given", hint='pass MESSAGE, e.g. nex --autonomous "fix the test"'
+            )
         import asyncio
 
         from nexpy.runtime import run_autonomous
@@ -188,9 +205,18 @@ def _sessions(argv: list[str]) -> int:
     rows = list_sessions(home)
     if args.json:
         for info in rows:
-            print(json.dumps({"id": info.id, "updated": info.updated.isoformat(),
-                              "model": info.model, "messages": info.messages,
-                              "status": info.status, "path": str(info.path)}))
+            print(
+                json.dumps(
+                    {
+                        "id": info.id,
+                        "updated": info.updated.isoformat(),
+                        "model": info.model,
+                        "messages": info.messages,
+                        "status": info.status,
+                        "path": str(info.path),
+                    }
+                )
+            )
         return 0
     if not rows:
         print(f"no sessions under {home}", file=sys.stderr)
@@ -198,7 +224,8 @@ def _sessions(argv: list[str]) -> int:
     width = max(len(r.id) for r in rows)
     for info in rows:
         when = info.updated.astimezone().strftime("%Y-%m-%d %H:%M")
-        print(f"{info.id:<{width}}  {when}  {info.messages:>4} msgs  {info.status:<12} {info.model or '-'}")
+        model = info.model or "-"
+        print(f"{info.id:<{width}}  {when}  {info.messages:>4} msgs  {info.status:<12} {model}")
     return 0
 
 

@@ -49,8 +49,11 @@ class DemoModel:
         available = {t["function"]["name"] for t in tools or []}
         step = len(results)
         plan = [
-            ("write_file", {"path": "hello.py", "content": PROGRAM},
-             "I'll write a small Python program, run it, and check the file."),
+            (
+                "write_file",
+                {"path": "hello.py", "content": PROGRAM},
+                "I'll write a small Python program, run it, and check the file.",
+            ),
             ("bash", {"command": "python3 hello.py"}, "Now let me run it."),
             ("read_file", {"path": "hello.py"}, "And read the file back to confirm it is saved."),
         ]

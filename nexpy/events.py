@@ -111,7 +111,9 @@ class ProgressSink:
                 f"{event['duration_s']:.1f} s"
             )
         elif self.verbose and kind in ("usage", "context"):
-            line = f"[{kind}] " + json.dumps({k: v for k, v in event.items() if k not in ("type", "session", "ts")})
+            line = f"[{kind}] " + json.dumps(
+                {k: v for k, v in event.items() if k not in ("type", "session", "ts")}
+            )
         if line:
             self.stream.write(line + "\n")
             self.stream.flush()

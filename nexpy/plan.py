@@ -157,6 +157,7 @@ def plan_spawn(
     prov["handler"] = "model prefix" if spec.explicit_prefix else "default prefix"
 
     endpoint: str | None
+    raw: str | None
     if named is not None:
         raw, prov["endpoint"] = named.url, f"{ep_source}: endpoint {ep_value!r}"
     elif ep_value is not None:

@@ -194,9 +194,12 @@ def _transport_failure(exc: BaseException, where: str) -> ProviderError | None:
         if isinstance(cause, ImportError):
             return ProviderError(f"litellm failed internally: {cause}", hint="run with -v")
     names = {type(c).__name__ for c in chain}
-    if names & {"APIConnectionError", "ConnectError", "ClientConnectorError", "ConnectionError"} or any(
-        isinstance(c, (ConnectionError, TimeoutError)) for c in chain
-    ):
+    if names & {
+        "APIConnectionError",
+        "ConnectError",
+        "ClientConnectorError",
+        "ConnectionError",
+    } or any(isinstance(c, (ConnectionError, TimeoutError)) for c in chain):
         detail = _short(str(chain[-1]), 160)
         return TransientError(f"cannot reach {where}: {detail}", hint=hint)
     if names & {"Timeout", "APITimeoutError", "ReadTimeout", "ServerTimeoutError"}:
@@ -214,8 +217,10 @@ def classify(exc: BaseException, plan: SpawnPlan) -> ProviderError:
     lowered = text.lower()
     name = type(exc).__name__
 
-    if status == 413 or any(m in lowered for m in _OVERFLOW_MARKERS) or name == (
-        "ContextWindowExceededError"
+    if (
+        status == 413
+        or any(m in lowered for m in _OVERFLOW_MARKERS)
+        or name == ("ContextWindowExceededError")
     ):
         m = _N_CTX.search(text) or _MAX_CTX.search(text)
         return ContextOverflow(
@@ -238,11 +243,16 @@ def classify(exc: BaseException, plan: SpawnPlan) -> ProviderError:
         )
     if (transport := _transport_failure(exc, where)) is not None:
         return transport
-    if status in (408, 429) or (status is not None and status >= 500) or name in (
-        "RateLimitError",
-        "InternalServerError",
-        "ServiceUnavailableError",
-        "BadGatewayError",
+    if (
+        status in (408, 429)
+        or (status is not None and status >= 500)
+        or name
+        in (
+            "RateLimitError",
+            "InternalServerError",
+            "ServiceUnavailableError",
+            "BadGatewayError",
+        )
     ):
         return TransientError(
             f"HTTP {status} from {where}: {_short(text)}",
@@ -272,14 +282,22 @@ class _ToolCallAssembler:
         current: dict[str, Any] | None = None
         if call_id and any(c["id"] == call_id for c in self.calls):
             current = next(c for c in self.calls if c["id"] == call_id)
-        elif isinstance(index, int) and index in self._by_index and not (
-            call_id and self._by_index[index]["id"] and self._by_index[index]["id"] != call_id
+        elif (
+            isinstance(index, int)
+            and index in self._by_index
+            and not (
+                call_id and self._by_index[index]["id"] and self._by_index[index]["id"] != call_id
+            )
         ):
             current = self._by_index[index]
         elif not call_id and not name and self.calls:
             current = self.calls[-1]  # a continuation chunk without index or id
         if current is None:
-            current = {"id": call_id or "", "type": "function", "function": {"name": "", "arguments": ""}}
+            current = {
+                "id": call_id or "",
+                "type": "function",
+                "function": {"name": "", "arguments": ""},
+            }
             self.calls.append(current)
             if isinstance(index, int):
                 self._by_index[index] = current
@@ -317,13 +335,12 @@ class _Dedup:
 
     def __call__(self, piece: str) -> None:
         self.attempt_text += piece
-        if len(self.attempt_text) > len(self.shown):
-            if self.attempt_text.startswith(self.shown):
-                fresh = self.attempt_text[len(self.shown) :]
-                self.shown = self.attempt_text
-                self.sink(fresh)
-            # A retry that diverged from what was shown: the earlier text stays on screen;
-            # the journal keeps only this attempt's text.
+        # A retry that diverged from what was shown leaves the earlier text on screen; the
+        # journal keeps only this attempt's text.
+        if len(self.attempt_text) > len(self.shown) and self.attempt_text.startswith(self.shown):
+            fresh = self.attempt_text[len(self.shown) :]
+            self.shown = self.attempt_text
+            self.sink(fresh)
 
 
 # -- the litellm model ----------------------------------------------------------------------
@@ -351,7 +368,9 @@ class LitellmModel:
         self.sleep = sleep
         self.on_retry = on_retry
 
-    def _kwargs(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+    def _kwargs(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": self.plan.litellm_model,
             "messages": messages,
@@ -413,7 +432,9 @@ class LitellmModel:
         kwargs = self._kwargs(messages, tools)
         if max_tokens:
             kwargs["max_tokens"] = max_tokens
-        stream = await asyncio.wait_for(lm.acompletion(**kwargs), self.connect_timeout + self.idle_timeout)
+        stream = await asyncio.wait_for(
+            lm.acompletion(**kwargs), self.connect_timeout + self.idle_timeout
+        )
         text: list[str] = []
         calls = _ToolCallAssembler()
         usage: dict[str, int] | None = None
@@ -439,7 +460,7 @@ class LitellmModel:
                     }
                 for choice in _get(chunk, "choices") or []:
                     delta = _get(choice, "delta")
-                    if (piece := _get(delta, "content")):
+                    if piece := _get(delta, "content"):
                         text.append(piece)
                         on_text(piece)
                     for tc in _get(delta, "tool_calls") or []:

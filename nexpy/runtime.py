@@ -72,7 +72,9 @@ def build_model(plan: SpawnPlan, emitter: Emitter) -> Model:
     """The Model for an in-process plan: the embedded stub or litellm."""
     if plan.spec.route.prefix == "stub":
         if plan.model not in ("demo", ""):
-            raise UsageError(f"unknown stub model {plan.model!r}", hint="the embedded model is stub:demo")
+            raise UsageError(
+                f"unknown stub model {plan.model!r}", hint="the embedded model is stub:demo"
+            )
         return DemoModel(plan.model or "demo")
 
     def on_retry(error: ProviderError, attempt: int, delay: float) -> None:
@@ -122,7 +124,9 @@ class Run:
                 emitter=self.emitter,
                 tools=all_tools(read_only=opts.read_only),
                 ctx=ToolContext(workdir=workdir, outputs_dir=self.session.outputs_dir),
-                budget=Budget(plan.context_window, plan.provenance.get("context_window", "default")),
+                budget=Budget(
+                    plan.context_window, plan.provenance.get("context_window", "default")
+                ),
                 system_prompt=opts.system_prompt,
                 limits=Limits(opts.max_turns, opts.max_time),
                 confirm=None if opts.yes else confirm,

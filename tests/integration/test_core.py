@@ -104,7 +104,9 @@ def test_crash_in_a_tool_call_resumes_with_chat(nex_env: NexEnv) -> None:
         ]
     }
     with stub_server(script, strict=True) as srv:
-        proc = nex_env.popen(*_base(srv.url), "--chat", "crash", "--autonomous", "run the slow thing")
+        proc = nex_env.popen(
+            *_base(srv.url), "--chat", "crash", "--autonomous", "run the slow thing"
+        )
         journal = nex_env.home / "sessions" / "crash" / "journal.jsonl"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -145,7 +147,9 @@ def _one_error_line(result, code: int, needle: str) -> None:
 
 
 def test_bad_input_unknown_prefix(nex_env: NexEnv) -> None:
-    _one_error_line(nex_env.run("-m", "lcoal:qwen", "--autonomous", "hi"), 2, "did you mean 'local'")
+    _one_error_line(
+        nex_env.run("-m", "lcoal:qwen", "--autonomous", "hi"), 2, "did you mean 'local'"
+    )
 
 
 def test_bad_input_malformed_config(nex_env: NexEnv) -> None:
@@ -211,7 +215,11 @@ def test_sentinel_key_never_in_journal_stderr_or_events(nex_env: NexEnv) -> None
     nex_env.env["OPENAI_API_KEY"] = SENTINEL_KEY
     script = {
         "replies": [
-            {"tool_calls": [{"name": "bash", "arguments": {"command": "env; echo $OPENAI_API_KEY"}}]},
+            {
+                "tool_calls": [
+                    {"name": "bash", "arguments": {"command": "env; echo $OPENAI_API_KEY"}}
+                ]
+            },
             {"echo": True},
         ]
     }
@@ -237,7 +245,9 @@ def test_json_events_end_with_session_ended(nex_env: NexEnv) -> None:
     assert events[0]["type"] == "session.started"
     assert events[-1]["type"] == "session.ended"
     assert events[-1]["status"] == "completed"
-    assert {"tool.call", "tool.result", "message", "usage", "context"} <= {e["type"] for e in events}
+    assert {"tool.call", "tool.result", "message", "usage", "context"} <= {
+        e["type"] for e in events
+    }
     assert all({"type", "session", "ts"} <= e.keys() for e in events)
 
 
