@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from nexpy.budget import Budget
-from nexpy.errors import LimitReached
+from nexpy.demo import DemoModel
+from nexpy.errors import LimitReached, ProviderError, UsageError
 from nexpy.events import Emitter
+from nexpy.handler import Confirm, HandlerOptions, TextCallback, Totals
 from nexpy.messages import INTERRUPTED, assistant, normalize, system, text_of, tool_result, user
-from nexpy.provider import Model, Reply, TextCallback, parse_arguments
+from nexpy.plan import SpawnPlan
+from nexpy.provider import LitellmModel, Model, Reply, parse_arguments
 from nexpy.session import Session
-from nexpy.tools import Tool, ToolContext, ToolResult, execute, schemas
-
-Confirm = Callable[[str, dict[str, Any]], Awaitable[bool]]
+from nexpy.tools import Tool, ToolContext, ToolResult, all_tools, execute, schemas
 
 SYSTEM_PROMPT = """\
 You are nex, a coding agent. You work in the directory {workdir}; tool paths are relative to it.
@@ -40,13 +39,6 @@ SUMMARY_REQUEST = (
 class Limits:
     max_turns: int | None = None
     max_time: float | None = None
-
-
-@dataclass
-class Totals:
-    turns: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
 
 
 class Agent:
@@ -83,6 +75,18 @@ class Agent:
         ]
 
     # -- public ---------------------------------------------------------------------------
+    @property
+    def window(self) -> int | None:
+        return self.budget.window
+
+    async def clear(self) -> None:
+        """Forget the conversation; journaled as a compaction to nothing, so a resume agrees."""
+        self.history = []
+        self.session.append("compaction", messages=[], reason="clear")
+
+    async def aclose(self) -> None:
+        """Nothing to release: the model client is per request, the session belongs to Run."""
+
     async def send(self, text: str, on_text: TextCallback | None = None) -> str:
         """Add a user message and run until the model answers without calling a tool."""
         self._record(user(text))
@@ -244,5 +248,34 @@ class Agent:
         )
 
 
-def tool_context(workdir: Path, session: Session) -> ToolContext:
-    return ToolContext(workdir=workdir.resolve(), outputs_dir=session.outputs_dir)
+def build_model(plan: SpawnPlan, emitter: Emitter) -> Model:
+    """The Model for an in-process plan: the embedded stub or litellm."""
+    if plan.spec.route.prefix == "stub":
+        if plan.model not in ("demo", ""):
+            raise UsageError(
+                f"unknown stub model {plan.model!r}", hint="the embedded model is stub:demo"
+            )
+        return DemoModel(plan.model or "demo")
+
+    def on_retry(error: ProviderError, attempt: int, delay: float) -> None:
+        emitter.emit(
+            "warning",
+            message=f"{error.message}; retrying in {delay:.1f} s (attempt {attempt + 1})",
+        )
+
+    return LitellmModel(plan, on_retry=on_retry)
+
+
+def create(plan: SpawnPlan, session: Session, emitter: Emitter, opts: HandlerOptions) -> Agent:
+    """The `nex` handler: this module's loop on a litellm (or embedded) model."""
+    return Agent(
+        build_model(plan, emitter),
+        session=session,
+        emitter=emitter,
+        tools=all_tools(read_only=opts.read_only),
+        ctx=ToolContext(workdir=opts.workdir.resolve(), outputs_dir=session.outputs_dir),
+        budget=Budget(plan.context_window, plan.provenance.get("context_window", "default")),
+        system_prompt=opts.system_prompt,
+        limits=Limits(opts.max_turns, opts.max_time),
+        confirm=None if opts.yes else opts.confirm,
+    )

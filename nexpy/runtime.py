@@ -16,22 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nexpy.agent import Agent, Confirm, Limits
-from nexpy.budget import Budget
-from nexpy.demo import DemoModel
-from nexpy.errors import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    LimitReached,
-    NexError,
-    ProviderError,
-    UsageError,
-)
+from nexpy.errors import EXIT_INTERRUPTED, EXIT_OK, LimitReached, NexError
 from nexpy.events import Emitter, JsonSink, ProgressSink, Sink
+from nexpy.handler import Confirm, Handler, HandlerOptions, load_factory
 from nexpy.plan import SpawnPlan
-from nexpy.provider import LitellmModel, Model
 from nexpy.session import Session, state_home
-from nexpy.tools import ToolContext, all_tools
 
 WRAP_UP_SECONDS = 120.0
 
@@ -68,24 +57,6 @@ def open_session(opts: RunOptions) -> Session:
     return session
 
 
-def build_model(plan: SpawnPlan, emitter: Emitter) -> Model:
-    """The Model for an in-process plan: the embedded stub or litellm."""
-    if plan.spec.route.prefix == "stub":
-        if plan.model not in ("demo", ""):
-            raise UsageError(
-                f"unknown stub model {plan.model!r}", hint="the embedded model is stub:demo"
-            )
-        return DemoModel(plan.model or "demo")
-
-    def on_retry(error: ProviderError, attempt: int, delay: float) -> None:
-        emitter.emit(
-            "warning",
-            message=f"{error.message}; retrying in {delay:.1f} s (attempt {attempt + 1})",
-        )
-
-    return LitellmModel(plan, on_retry=on_retry)
-
-
 class Run:
     """One process's use of one session."""
 
@@ -117,19 +88,20 @@ class Run:
             )
             for warning in self.session.warnings:
                 self.emitter.emit("warning", message=warning)
-            model = build_model(plan, self.emitter)
-            self.agent = Agent(
-                model,
-                session=self.session,
-                emitter=self.emitter,
-                tools=all_tools(read_only=opts.read_only),
-                ctx=ToolContext(workdir=workdir, outputs_dir=self.session.outputs_dir),
-                budget=Budget(
-                    plan.context_window, plan.provenance.get("context_window", "default")
+            factory = load_factory(plan.handler)
+            self.agent: Handler = factory(
+                plan,
+                self.session,
+                self.emitter,
+                HandlerOptions(
+                    workdir=workdir,
+                    max_turns=opts.max_turns,
+                    max_time=opts.max_time,
+                    read_only=opts.read_only,
+                    yes=opts.yes,
+                    system_prompt=opts.system_prompt,
+                    confirm=confirm,
                 ),
-                system_prompt=opts.system_prompt,
-                limits=Limits(opts.max_turns, opts.max_time),
-                confirm=None if opts.yes else confirm,
             )
         except BaseException:
             self.session.close()
@@ -144,11 +116,13 @@ class Run:
         )
         self.ended = False
 
-    def end(self, status: str, exit_reason: str) -> None:
+    async def end(self, status: str, exit_reason: str) -> None:
         """Journal and announce the end of this run; release the session. Runs once."""
         if self.ended:
             return
         self.ended = True
+        with contextlib.suppress(Exception):
+            await self.agent.aclose()
         totals = self.agent.totals
         fields: dict[str, Any] = {
             "status": status,
@@ -206,7 +180,7 @@ async def run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> int
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
-        run.end(status, reason)
+        await run.end(status, reason)
     return code
 
 

@@ -67,8 +67,9 @@ class Pane:
         self.tmux("paste-buffer", "-p", "-d", "-b", "nexpaste", "-t", "nex")
 
     def screen(self) -> str:
-        """The whole pane, scrollback included, wrapped lines joined."""
-        return self.tmux("capture-pane", "-p", "-J", "-S", "-", "-t", "nex")
+        """The whole pane, scrollback included, wrapped lines joined, trailing blanks cut."""
+        text = self.tmux("capture-pane", "-p", "-J", "-S", "-", "-t", "nex")
+        return "\n".join(line.rstrip() for line in text.split("\n"))
 
     def wait(
         self, check: Callable[[str], bool] | str, what: str = "", timeout: float = WAIT
