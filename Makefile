@@ -4,7 +4,16 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test test-unit lint install clean bench bench-quick
+.PHONY: demo test test-unit lint install peers clean bench bench-quick
+
+# Real peers for the top test tier, pinned: a llama.cpp server (built from source by pip, ~6 min
+# once, then pip's wheel cache) and the real claude and codex CLIs from the npm registry,
+# installed into a git-ignored folder. claude-code 2.1.197 is the newest that runs on Node 20.
+PEERS        := .peers
+LLAMA_PKGS   := 'llama-cpp-python[server]==0.3.36' 'gguf==0.19.0'
+NPM_PKGS     := @openai/codex@0.169.0 @anthropic-ai/claude-code@2.1.197
+LLAMA_STAMP  := $(PEERS)/.llama-$(shell echo $(LLAMA_PKGS) | cksum | cut -d' ' -f1)
+NPM_STAMP    := $(PEERS)/.npm-$(shell echo $(NPM_PKGS) | cksum | cut -d' ' -f1)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +22,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(LLAMA_STAMP): $(STAMP)
+	@mkdir -p $(PEERS)
+	@echo "make: installing $(LLAMA_PKGS) (a source build: minutes the first time)" >&2
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q --disable-pip-version-check $(LLAMA_PKGS)
+	@touch $@
+
+$(NPM_STAMP):
+	@mkdir -p $(PEERS)
+	npm install --silent --no-audit --no-fund --prefix $(PEERS)/npm $(NPM_PKGS)
+	@touch $@
+
+peers: $(LLAMA_STAMP) $(NPM_STAMP)
+
 # nex on the embedded stub model: a full autonomous run with tools, no server needed.
 demo: $(STAMP)
 	@mkdir -p .demo/work
@@ -20,7 +42,7 @@ demo: $(STAMP)
 		"Write a small Python program, run it, and tell me what it printed."
 
 # Every tier: lint, types, unit, stub integration (sockets, subprocesses, tmux), real peers.
-test: $(STAMP)
+test: $(STAMP) peers
 	@command -v tmux >/dev/null || { echo "make test: installing tmux (REPL tier) with apt-get" >&2; \
 		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null; }
 	$(BIN)/ruff check nexpy handlers stubs tests
