@@ -121,10 +121,29 @@ def main(argv: list[str] | None = None) -> int:
         from nexpy.runtime import report
 
         report(e, verbose=verbose)
+        if "--json" in args_list:
+            _json_failure(e)
         return e.exit_code
     except KeyboardInterrupt:
         print("nex: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _json_failure(error: NexError) -> None:
+    """A run that failed before it started still ends its event stream with session.ended."""
+    from nexpy.events import Emitter, JsonSink
+
+    emitter = Emitter(sinks=[JsonSink()])
+    emitter.emit("error", kind=error.kind, message=error.line(), retryable=error.retryable)
+    emitter.emit(
+        "session.ended",
+        status="failed",
+        exit_reason=error.kind,
+        turns=0,
+        input_tokens=0,
+        output_tokens=0,
+        duration_s=0.0,
+    )
 
 
 def _dispatch(argv: list[str]) -> int:

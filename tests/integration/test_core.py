@@ -318,3 +318,21 @@ def test_work_dir_flag_and_paths_outside_are_refused(nex_env: NexEnv, tmp_path: 
         assert result.code == 0, result.stderr
     tool_result = next(e for e in result.events if e["type"] == "tool.result")
     assert tool_result["ok"] is False and "outside the work dir" in tool_result["output"]
+
+
+def test_json_failure_before_the_run_still_ends_with_session_ended(nex_env: NexEnv) -> None:
+    result = nex_env.run("-m", "lcoal:x", "--json", "--autonomous", "hi")
+    assert result.code == 2
+    events = result.events
+    assert [e["type"] for e in events] == ["error", "session.ended"]
+    assert events[0]["kind"] == "usage" and "did you mean" in events[0]["message"]
+
+
+def test_sessions_lists_runs_newest_first(nex_env: NexEnv) -> None:
+    assert nex_env.run("-m", "stub:demo", "--chat", "older", "--autonomous", "one").code == 0
+    assert nex_env.run("-m", "stub:demo", "--chat", "newer", "--autonomous", "two").code == 0
+    listing = nex_env.run("sessions")
+    assert listing.code == 0
+    ids = [line.split()[0] for line in listing.stdout.splitlines()]
+    assert ids == ["newer", "older"]
+    assert "ended:completed" in listing.stdout and "stub:demo" in listing.stdout
