@@ -120,7 +120,7 @@ class Terminal:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.at_line_start = True
-        self.streamed = ""  # the answer text written since the last progress line
+        self._streamed: list[str] = []  # answer pieces written since the last progress line
 
     def text(self, piece: str) -> None:
         """One streamed piece of the answer, shown at once."""
@@ -128,7 +128,7 @@ class Terminal:
             return
         self.out.write(piece)
         self.out.flush()
-        self.streamed += piece
+        self._streamed.append(piece)
         self.at_line_start = piece.endswith("\n")
 
     def break_line(self) -> None:
@@ -143,22 +143,24 @@ class Terminal:
         self.break_line()
         self.out.write(text.rstrip("\n") + "\n")
         self.out.flush()
-        self.streamed = ""
+        self._streamed.clear()
 
     def note(self, text: str) -> None:
         """Progress, warnings and errors, on stderr, each on a line of its own."""
         self.break_line()
         self.err.write(text if text.endswith("\n") else text + "\n")
         self.err.flush()
-        self.streamed = ""
+        self._streamed.clear()
 
     def begin_answer(self) -> None:
+        """A message was sent: its answer starts on a fresh line."""
         self.break_line()
-        self.streamed = ""
+        self._streamed.clear()
 
     def finish_answer(self, answer: str) -> None:
         """Show the complete answer: re-render its markdown once, or leave the raw stream."""
-        streamed, self.streamed = self.streamed, ""
+        streamed = "".join(self._streamed)
+        self._streamed.clear()
         if not answer.strip():
             self.break_line()
             return
@@ -324,7 +326,7 @@ class Repl:
             # remove_signal_handler resets SIGINT to Python's default; put back what asyncio.run
             # had installed, as prompt-toolkit does after each prompt.
             signal.signal(signal.SIGINT, saved_sigint)
-            self.run.end(status, reason)
+            await self.run.end(status, reason)
         return code
 
     async def _read_loop(self) -> None:
@@ -411,18 +413,16 @@ class Repl:
     # -- UI -----------------------------------------------------------------------------------
     def banner(self) -> None:
         session = self.run.session
-        count = len(self.run.agent.history)
+        count = len(session.messages())
         resumed = f", resumed with {count} messages" if count else ""
         self.terminal.say(f"nex {__version__} · {self.plan.spec} · session {session.id}{resumed}")
         self.terminal.say("/help lists commands · " + KEYS_HELP.split(" · ")[0] + " · Ctrl-D quits")
 
     def toolbar(self) -> str:
         agent = self.run.agent
-        used = agent.context_used
-        shown = f"{used:,}" if used or not agent.history else "?"
         totals = agent.totals
         return (
-            f" {self.plan.spec} │ context {shown}/{agent.budget.window:,} │ "
+            f" {self.plan.spec} │ context {_context(agent.context_used, agent.window)} │ "
             f"tokens in {totals.input_tokens:,} out {totals.output_tokens:,} │ /help"
         )
 
@@ -448,23 +448,16 @@ class Repl:
         return False
 
     async def cmd_clear(self, arg: str) -> bool:
-        agent = self.run.agent
-        agent.history.clear()
-        agent.context_used = 0
-        # A compaction entry replaces the history before it, so a resume starts fresh too.
-        self.run.session.append("compaction", messages=[], reason="clear")
+        # The handler journals the reset, so a resume of this session starts fresh too.
+        await self.run.agent.clear()
         self.terminal.say("started a fresh conversation (the journal keeps the old one)")
         return False
 
     async def cmd_tokens(self, arg: str) -> bool:
         agent = self.run.agent
-        # What the next request would carry before the new message: history, prompt, tools.
-        agent.build_request(agent.schemas)
-        used, window = agent.context_used, agent.budget.window
         totals = agent.totals
-        source = "" if agent.budget.known else " (assumed; set --context-window)"
         self.terminal.say(
-            f"context: {used:,} of {window:,} tokens ({100 * used // max(1, window)}%){source}\n"
+            f"tokens in context at the last request: {_context(agent.context_used, agent.window)}\n"
             f"this run: {totals.turns} requests, {totals.input_tokens:,} tokens in, "
             f"{totals.output_tokens:,} out"
         )
@@ -502,9 +495,9 @@ class Repl:
         # leaves the person where they were.
         opts = replace(self.opts, chat=name, resume=None)
         new = Run(self.plan, opts, sinks=[self.sink], confirm=self.confirm)
-        self.run.end("completed", "switched")
+        await self.run.end("completed", "switched")
         self.run, self.opts = new, opts
-        count = len(new.agent.history)
+        count = len(new.session.messages())
         self.terminal.say(f"switched to session {name} ({count} messages)")
         return False
 
@@ -543,6 +536,15 @@ COMMANDS: dict[str, tuple[CommandHandler, str, str]] = {
     "quit": (Repl.cmd_quit, "/quit", "leave (Ctrl-D does too)"),
     "exit": (Repl.cmd_quit, "/exit", "the same as /quit"),
 }
+
+
+def _context(used: int, window: int | None) -> str:
+    """`1,234/8,192 (15%)`; a handler that cannot count reports 0, shown as `–`."""
+    shown = f"{used:,}" if used else "–"
+    if not window:
+        return shown
+    percent = f" ({100 * used // window}%)" if used else ""
+    return f"{shown}/{window:,}{percent}"
 
 
 def _key_bindings() -> KeyBindings:

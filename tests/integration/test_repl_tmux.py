@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +35,7 @@ class Pane:
 
     def __init__(self, socket: str, env: dict[str, str]) -> None:
         self.socket = socket
+        self.socket_path: Path | None = None
         self.env = env
 
     def tmux(self, *args: str) -> str:
@@ -104,12 +106,16 @@ def repl(nex_env: NexEnv) -> Iterator[Callable[[StubServer], Pane]]:
             "new-session", "-d", "-s", "nex", "-x", "120", "-y", "40",
             "-c", str(nex_env.work), "/bin/sh", "-c", script,
         )  # fmt: skip
+        pane.socket_path = Path(pane.tmux("display-message", "-p", "#{socket_path}").strip())
         pane.wait_prompt()
         return pane
 
     yield start
     for pane in panes:
         subprocess.run(["tmux", "-L", pane.socket, "kill-server"], capture_output=True, timeout=10)
+        # tmux leaves its socket file behind; one per test would pile up in /tmp.
+        if pane.socket_path is not None:
+            pane.socket_path.unlink(missing_ok=True)
 
 
 def _messages(body: dict) -> list[tuple[str, str]]:
@@ -139,12 +145,10 @@ def test_ctrl_c_cancels_a_streaming_answer_and_the_session_goes_on(repl) -> None
     with stub_server({"replies": [slow], "default": {"echo": True}}, strict=True) as srv:
         pane = repl(srv)
         pane.send("tell me slowly")
-        pane.wait("abc", "the slow answer to start streaming")
-        started = time.monotonic()
+        pane.wait(lambda s: "abc" in s.partition("› tell me slowly")[2], "the answer to stream")
         pane.keys("C-c")
         pane.wait("^C (cancelled)")
         pane.wait_prompt()
-        assert time.monotonic() - started < 5, "Ctrl-C did not cancel at once"
         pane.send("after the cancel")
         screen = pane.wait("echo: after the cancel")
         assert "abcdefghij" * 4 not in screen.replace("\n", "")  # the answer never finished
@@ -237,5 +241,5 @@ def test_a_failed_request_prints_one_error_line_and_the_repl_goes_on(repl) -> No
         pane.wait_prompt()
         pane.send("second try")
         # The unanswered first message stays in the history; normalize merges the two turns.
-        pane.wait("echo: first try\nsecond try")
+        pane.wait(lambda s: "second try" in s.partition("echo: first try")[2], "the answer")
         assert srv.rejections == []

@@ -111,10 +111,12 @@ class FakeTty(io.StringIO):
         return True
 
 
-def _terminal(monkeypatch: pytest.MonkeyPatch, *, tty: bool, lines: int = 40) -> Terminal:
+def _terminal(
+    monkeypatch: pytest.MonkeyPatch, *, tty: bool, lines: int = 40
+) -> tuple[Terminal, io.StringIO, io.StringIO]:
     monkeypatch.setattr("shutil.get_terminal_size", lambda *a, **k: os.terminal_size((80, lines)))
-    out = FakeTty() if tty else io.StringIO()
-    return Terminal(out, io.StringIO())
+    out, err = (FakeTty() if tty else io.StringIO()), io.StringIO()
+    return Terminal(out, err), out, err
 
 
 def _stream(term: Terminal, text: str) -> None:
@@ -123,60 +125,61 @@ def _stream(term: Terminal, text: str) -> None:
 
 
 def test_markdown_answer_is_erased_and_rendered_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    term = _terminal(monkeypatch, tty=True)
+    term, out, _err = _terminal(monkeypatch, tty=True)
     answer = "some **bold** words\n- item"
     _stream(term, answer)
     term.finish_answer(answer)
-    out = term.out.getvalue()  # type: ignore[attr-defined]
-    raw, rendered = out.split("\r\x1b[1A\x1b[J")
+    shown = out.getvalue()
+    raw, rendered = shown.split("\r\x1b[1A\x1b[J")
     assert raw == answer
     assert "bold" in rendered and "**" not in rendered and "•" in rendered
     assert term.at_line_start
 
 
 def test_plain_answer_stays_as_streamed(monkeypatch: pytest.MonkeyPatch) -> None:
-    term = _terminal(monkeypatch, tty=True)
+    term, out, _err = _terminal(monkeypatch, tty=True)
     _stream(term, "echo: hello")
     term.finish_answer("echo: hello")
-    assert term.out.getvalue() == "echo: hello\n"  # type: ignore[attr-defined]
+    assert out.getvalue() == "echo: hello\n"
 
 
 def test_no_rerender_when_stdout_is_not_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    term = _terminal(monkeypatch, tty=False)
+    term, out, _err = _terminal(monkeypatch, tty=False)
     _stream(term, "**bold**")
     term.finish_answer("**bold**")
-    assert term.out.getvalue() == "**bold**\n"  # type: ignore[attr-defined]
+    assert out.getvalue() == "**bold**\n"
 
 
 def test_an_answer_taller_than_the_screen_is_not_erased(monkeypatch: pytest.MonkeyPatch) -> None:
-    term = _terminal(monkeypatch, tty=True, lines=10)
+    term, out, _err = _terminal(monkeypatch, tty=True, lines=10)
     answer = "# Title\n" + "\n".join(f"line {i}" for i in range(20))
     _stream(term, answer)
     term.finish_answer(answer)
-    assert term.out.getvalue() == answer + "\n"  # type: ignore[attr-defined]
+    assert out.getvalue() == answer + "\n"
 
 
 def test_an_answer_that_was_not_streamed_is_printed(monkeypatch: pytest.MonkeyPatch) -> None:
-    term = _terminal(monkeypatch, tty=False)
+    term, out, _err = _terminal(monkeypatch, tty=False)
     term.finish_answer("all at once")
-    assert term.out.getvalue() == "all at once\n"  # type: ignore[attr-defined]
+    assert out.getvalue() == "all at once\n"
 
 
 def test_only_text_after_the_last_progress_line_is_rerendered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    term = _terminal(monkeypatch, tty=True)
+    term, out, err = _terminal(monkeypatch, tty=True)
     term.text("Let me look.")
     term.note("→ read_file: a.py")
     _stream(term, "It is `fine`.")
     term.finish_answer("It is `fine`.")
-    out = term.out.getvalue()  # type: ignore[attr-defined]
-    assert out.startswith("Let me look.\nIt is `fine`.\r\x1b[J")
-    assert term.err.getvalue() == "→ read_file: a.py\n"  # type: ignore[attr-defined]
+    shown = out.getvalue()
+    assert shown.startswith("Let me look.\nIt is `fine`.\r\x1b[J")
+    assert err.getvalue() == "→ read_file: a.py\n"
 
 
 def test_sink_shows_tools_and_errors_but_not_answer_text() -> None:
-    term = Terminal(io.StringIO(), io.StringIO())
+    out, err = io.StringIO(), io.StringIO()
+    term = Terminal(out, err)
     sink = TerminalSink(term)
     term.text("thinking")
     base = {"session": "s", "ts": "t"}
@@ -185,8 +188,8 @@ def test_sink_shows_tools_and_errors_but_not_answer_text() -> None:
     sink({"type": "tool.result", "id": "1", "name": "bash", "ok": True, "output": "a.py", **base})
     sink({"type": "usage", "prompt_tokens": 1, "completion_tokens": 1, **base})
     sink({"type": "error", "kind": "transient", "message": "HTTP 503", "retryable": True, **base})
-    assert term.out.getvalue() == "thinking\n"  # type: ignore[attr-defined]
-    assert term.err.getvalue() == "→ bash: ls\n  ✓ a.py\nerror: HTTP 503\n"  # type: ignore[attr-defined]
+    assert out.getvalue() == "thinking\n"
+    assert err.getvalue() == "→ bash: ls\n  ✓ a.py\nerror: HTTP 503\n"
 
 
 # -- /save ------------------------------------------------------------------------------------
