@@ -167,12 +167,7 @@ def _dispatch(argv: list[str]) -> int:
         print(f"nex: warning: {warning}", file=sys.stderr)
     print(plan.line(), file=sys.stderr, flush=True)
 
-    if plan.handler != "nex":
-        raise UsageError(
-            f"the {plan.handler} handler is not available in this build",
-            hint="use an in-process model such as -m local:MODEL",
-        )
-    if plan.spec.route.prefix != "stub":
+    if plan.handler == "nex" and plan.spec.route.prefix != "stub":
         from nexpy.provider import start_background_import
 
         start_background_import()  # the prompt never waits for litellm

@@ -77,7 +77,7 @@ def describe_call(name: str, arguments: Any) -> str:
     """A one-line human summary of a tool call, e.g. `bash: python3 hello.py`."""
     if isinstance(arguments, dict):
         key = next(
-            (k for k in ("command", "path", "pattern") if k in arguments),
+            (k for k in ("command", "cmd", "path", "file_path", "pattern") if k in arguments),
             None,
         )
         shown = str(arguments[key]) if key else json.dumps(arguments, ensure_ascii=False)

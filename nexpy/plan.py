@@ -7,14 +7,17 @@ default. Keys are never part of a plan: it holds the *name* of the variable, rea
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 from nexpy.config import Config, EndpointConfig
+from nexpy.credentials import redact
 from nexpy.errors import ConfigError, UsageError
 from nexpy.routing import EXECUTOR_PREFIX, ROUTES, ModelSpec, default_endpoint, parse_model
 
@@ -70,7 +73,9 @@ class SpawnPlan:
             state = "set" if self.api_key() else "NOT SET"
             parts.append(f"key=${self.api_key_env} ({state})")
         if self.argv:
-            parts.append("argv=" + " ".join(self.argv))
+            parts.append("argv=" + redact(shlex.join(self.argv)))
+        if self.env:
+            parts.append("env=" + redact(" ".join(f"{k}={v}" for k, v in self.env.items())))
         return "plan: " + ", ".join(parts)
 
 
@@ -199,7 +204,7 @@ def plan_spawn(
         (named.context_window if named else None, f"endpoint {ep_value!r}"),
         (config.context_window, config.source.get("context_window")),
     )
-    return SpawnPlan(
+    plan = SpawnPlan(
         handler=route.handler,
         spec=spec,
         endpoint=endpoint,
@@ -209,6 +214,52 @@ def plan_spawn(
         provenance=prov,
         warnings=warnings,
     )
+    if plan.handler in ("claude", "codex"):
+        plan.argv, plan.env = _cli_command(plan)
+    return plan
+
+
+CODEX_PROVIDER = "nex"  # the id of the custom model provider `-e` becomes for codex
+
+
+def _cli_command(plan: SpawnPlan) -> tuple[list[str], dict[str, str]]:
+    """The fixed part of a CLI handler's command line and the environment it adds.
+
+    The handler appends what changes per turn (resume id, permission flags, the message). Like
+    the rest of the plan this never holds a key, only the name of the variable holding one.
+    """
+    model = plan.spec.name
+    if plan.handler == "claude":
+        argv = ["claude", "-p", "--output-format", "stream-json", "--verbose"]
+        if model:
+            argv += ["--model", model]
+        # No telemetry, update check or other lookups from a run nex starts (DESIGN §8).
+        env = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+        if plan.endpoint:
+            # The Anthropic client appends /v1/messages itself.
+            env["ANTHROPIC_BASE_URL"] = plan.endpoint.removesuffix("/v1")
+        return argv, env
+    argv = ["codex", "exec", "--json", "--skip-git-repo-check"]
+    if model:
+        argv += ["-m", model]
+    argv += ["-c", "analytics.enabled=false", "-c", "check_for_update_on_startup=false"]
+    if plan.endpoint:
+        # codex 0.169 speaks only the Responses API; a provider defined by flags needs no
+        # config file. Without env_key it sends no Authorization header.
+        provider = f"model_providers.{CODEX_PROVIDER}"
+        argv += [
+            "-c",
+            f"model_provider={CODEX_PROVIDER}",
+            "-c",
+            f"{provider}.name={CODEX_PROVIDER}",
+            "-c",
+            f"{provider}.base_url={json.dumps(plan.endpoint)}",
+            "-c",
+            f"{provider}.wire_api=responses",
+        ]
+        if plan.api_key_env:
+            argv += ["-c", f"{provider}.env_key={plan.api_key_env}"]
+    return argv, {}
 
 
 T = TypeVar("T")

@@ -1,12 +1,22 @@
 """The model call: one `Model` protocol, one litellm-backed implementation.
 
 litellm is heavy (≈2.8 s, ≈2,600 modules) and chatty, so this module never imports it at import
-time. `start_background_import()` begins loading it in a thread at launch; `litellm()` waits for
-it. Environment hygiene (DESIGN §8) happens exactly once, before the import.
+time. `start_background_import()` starts a thread at launch that loads it as soon as the main
+thread goes idle; `litellm()` waits for it. Environment hygiene (DESIGN §8) happens exactly
+once, before the import.
+
+A request streams, with an idle timeout ($NEX_IDLE_TIMEOUT, default 600 s) between chunks and
+before the first. `classify()` turns whatever litellm raised into one of nexpy's errors by the
+cause at the bottom of its chain, with the server's own words; transient ones are retried (at
+most four attempts, jittered backoff, a 429's Retry-After honoured) and text an earlier attempt
+already showed is not shown again. A 200 stream with no answer in it is retried once unstreamed,
+which turns llama-cpp-python's silent template and context errors into their real messages.
+Tool calls a model wrote as text are recovered here (nexpy.toolcalls), only for offered tools.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import importlib.util
@@ -15,6 +25,7 @@ import os
 import random
 import re
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +35,14 @@ from typing import Any, Protocol
 from nexpy.errors import (
     AuthError,
     BadRequestError,
+    ConfigError,
     ContextOverflow,
     NotFoundError,
     ProviderError,
     TransientError,
 )
 from nexpy.plan import SpawnPlan
+from nexpy.toolcalls import TextCallExtractor, ToolCallAssembler, field_of, tool_parameters
 
 TextCallback = Callable[[str], None]
 
@@ -42,6 +55,7 @@ class Reply:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, int] | None = None
     finish_reason: str | None = None
+    calls_from_text: bool = False  # the calls were written as text and recovered by nex
 
 
 class Model(Protocol):
@@ -64,6 +78,15 @@ _lock = threading.Lock()
 _thread: threading.Thread | None = None
 _module: ModuleType | None = None
 _import_error: BaseException | None = None
+_wanted = threading.Event()  # someone is waiting for litellm: import it now
+
+# Importing litellm is ~2.8 s of pure-Python work. In a thread it takes turns at the GIL with the
+# main thread, so started at once it roughly doubles the time to draw the REPL prompt. It starts
+# instead when the main thread first sleeps (waiting for input, or for litellm itself), or when
+# someone asks for it, or after a cap.
+_IDLE_POLL = 0.01  # seconds between looks at the main thread
+_IDLE_LOOKS = 3  # consecutive looks at a sleeping main thread that count as idle
+_IDLE_CAP = 2.0  # seconds after which the import starts regardless
 
 
 def prepare_environment() -> None:
@@ -82,9 +105,33 @@ def prepare_environment() -> None:
                 os.environ["TIKTOKEN_CACHE_DIR"] = str(tokenizers)
 
 
+def _main_thread_sleeping() -> bool | None:
+    """Whether the main thread is asleep (state S); None where the OS cannot tell (not Linux)."""
+    tid = threading.main_thread().native_id
+    try:
+        with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+            # The command name in parentheses may hold spaces; the state follows the last ")".
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"S"
+    except (OSError, IndexError):
+        return None
+
+
+def _wait_for_idle_main() -> None:
+    deadline = time.monotonic() + _IDLE_CAP
+    looks = 0
+    while looks < _IDLE_LOOKS and time.monotonic() < deadline:
+        if _wanted.wait(_IDLE_POLL):
+            return
+        sleeping = _main_thread_sleeping()
+        if sleeping is None:
+            return
+        looks = looks + 1 if sleeping else 0
+
+
 def _import() -> None:
     global _module, _import_error
     try:
+        _wait_for_idle_main()
         prepare_environment()
         import litellm as lm
 
@@ -101,7 +148,8 @@ def _import() -> None:
 
 
 def start_background_import() -> None:
-    """Begin importing litellm in a daemon thread so no prompt ever waits for it."""
+    """Begin importing litellm in a daemon thread, as soon as the main thread goes idle, so no
+    prompt ever waits for it."""
     global _thread
     with _lock:
         if _thread is None and _module is None:
@@ -113,6 +161,7 @@ def litellm() -> ModuleType:
     """The litellm module, waiting for the background import if it is still running."""
     start_background_import()
     assert _thread is not None
+    _wanted.set()
     _thread.join()
     if _module is None:
         raise ProviderError(f"cannot load litellm: {_import_error}", hint="reinstall nexpy")
@@ -130,6 +179,35 @@ _OVERFLOW_MARKERS = (
     "context window",
     "llama_decode returned 1",
 )
+_TEMPLATE_MARKERS = (
+    "roles must alternate",
+    "chat template",
+    "chat_template",
+    "jinja",
+    "raise_exception",
+    "templateerror",
+)
+_HTML_TITLE = re.compile(r"<(?:title|h1)[^>]*>(.*?)</(?:title|h1)>", re.IGNORECASE | re.DOTALL)
+# litellm stacks its class names in front of the server's words: "litellm.InternalServerError:
+# InternalServerError: OpenAIException - stub fault". Strip them one by one.
+_LITELLM_PREFIX = re.compile(r"^(?:litellm\.)?\w*(?:Error|Exception)(?::| -)\s*")
+_STALL_NAMES = frozenset(
+    {"Timeout", "APITimeoutError", "ReadTimeout", "ServerTimeoutError", "SocketTimeoutError"}
+)
+_CUT_NAMES = frozenset(
+    {
+        "ClientPayloadError",
+        "TransferEncodingError",
+        "ContentLengthError",
+        "ServerDisconnectedError",
+        "RemoteProtocolError",
+        "ReadError",
+        "IncompleteRead",
+    }
+)
+_CONNECT_NAMES = frozenset(
+    {"APIConnectionError", "ConnectError", "ClientConnectorError", "ClientOSError"}
+)
 
 
 def _status_of(exc: BaseException) -> int | None:
@@ -137,24 +215,79 @@ def _status_of(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
-def _retry_after(exc: BaseException) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    value = headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+def _retry_after(chain: list[BaseException]) -> float | None:
+    for exc in chain:
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+        value = headers.get("retry-after") if headers is not None else None
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return None  # an HTTP date: rare from model servers; fall back to backoff
+    return None
 
 
-def _short(text: str, limit: int = 240) -> str:
+def _short(text: str, limit: int = 200) -> str:
     text = " ".join(str(text).split())
-    # litellm prefixes its own class names; the person wants the server's words.
-    text = re.sub(r"^(litellm\.)?\w+(Error|Exception)?:\s*", "", text)
-    text = re.sub(r"^(litellm\.)?\w+Exception - ", "", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _strip_prefixes(text: str) -> str:
+    text = text.strip()
+    while (m := _LITELLM_PREFIX.match(text)) is not None and m.end() > 0:
+        text = text[m.end() :]
+    return text
+
+
+def _json_message(data: Any) -> str | None:
+    """The message of an error body: OpenAI's {"error": {"message"}}, Ollama's {"error": "…"},
+    FastAPI's {"detail": …}, or a bare {"message"}."""
+    if not isinstance(data, dict):
+        return None
+    err = data.get("error")
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        return err["message"]
+    if isinstance(err, str):
+        return err
+    for key in ("message", "detail"):
+        if isinstance(data.get(key), str):
+            return str(data[key])
+    return None
+
+
+def server_words(text: str) -> str:
+    """What a server said in an error body, as one short line a person can read."""
+    text = _strip_prefixes(text)
+    brace = text.find("{")
+    if brace >= 0:
+        try:
+            message = _json_message(json.loads(text[brace:]))
+        except ValueError:
+            message = None
+        if message:
+            return _short(message)
+    lowered = text.lower()
+    if "<html" in lowered or "<!doctype html" in lowered:
+        m = _HTML_TITLE.search(text)
+        title = " ".join(m.group(1).split()) if m else ""
+        return f"an HTML page{f' ({title!r})' if title else ''}, likely from a proxy"
+    return _short(text) or "no details"
+
+
+def _body_of(chain: list[BaseException]) -> str | None:
+    """The text of the HTTP error response somewhere in the chain, if one was read."""
+    for exc in chain:
+        response = getattr(exc, "response", None)
+        if response is None or getattr(response, "status_code", 0) < 400:
+            continue
+        try:
+            text = response.text
+        except Exception:  # a streamed response whose body was never read
+            continue
+        if isinstance(text, str) and text.strip():
+            return text
+    return None
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -163,20 +296,50 @@ def _chain(exc: BaseException) -> list[BaseException]:
     current: BaseException | None = exc
     while current is not None and all(current is not s for s in seen):
         seen.append(current)
-        current = current.__cause__ or current.__context__
+        original = getattr(current, "original_exception", None)
+        current = (
+            current.__cause__
+            or (original if isinstance(original, BaseException) else None)
+            or current.__context__
+        )
     return seen
 
 
-def _transport_failure(exc: BaseException, where: str) -> ProviderError | None:
-    """A failure to talk to the server at all, named by its real cause, or None.
+# litellm's Ollama stream parser meets Ollama's mid-stream {"error": "..."} line as a KeyError
+# and reports the line as a Python dict repr.
+_OLLAMA_STREAM_ERROR = re.compile(r"unexpected response from Ollama: (\{.*\})", re.DOTALL)
 
-    litellm reports a refused connection as "InternalServerError 500: Connection error.";
-    the truth is at the bottom of the exception chain.
+
+def _ollama_words(text: str) -> str:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return _short(text)
+    return _short(_json_message(value) or text)
+
+
+def stalled(where: str, seconds: float | None, *, mid_answer: bool) -> TransientError:
+    """The server stopped sending for the idle timeout (`seconds`, when the caller knows it)."""
+    what = "stopped sending mid-answer" if mid_answer else "sent no reply"
+    return TransientError(
+        f"{where} {what}" + (f" for {seconds:g} s" if seconds is not None else " in time"),
+        hint="the server stalled; for slow prompt processing raise NEX_IDLE_TIMEOUT",
+    )
+
+
+def _transport_failure(
+    chain: list[BaseException], where: str, idle_timeout: float | None
+) -> ProviderError | None:
+    """A failure of the connection or the stream itself, named by its real cause, or None.
+
+    litellm reports a refused connection as "InternalServerError 500: Connection error." and a
+    cut stream as a 503; the truth is at the bottom of the exception chain.
     """
     import socket
     import ssl
 
-    chain = _chain(exc)
+    names = {type(c).__name__ for c in chain}
+    mid_answer = "MidStreamFallbackError" in names
     hint = "is the model server running? check -e, or run: nex doctor"
     for cause in reversed(chain):
         if isinstance(cause, socket.gaierror):
@@ -191,36 +354,58 @@ def _transport_failure(exc: BaseException, where: str) -> ProviderError | None:
             )
         if isinstance(cause, ConnectionRefusedError):
             return TransientError(f"connection refused by {where}", hint=hint)
+        if isinstance(cause, json.JSONDecodeError):
+            return TransientError(
+                f"{where} sent a malformed stream chunk ({cause.msg})",
+                hint="a proxy or the server garbled the stream; check the server's log",
+            )
         if isinstance(cause, ImportError):
             return ProviderError(f"litellm failed internally: {cause}", hint="run with -v")
-    names = {type(c).__name__ for c in chain}
-    if names & {
-        "APIConnectionError",
-        "ConnectError",
-        "ClientConnectorError",
-        "ConnectionError",
-    } or any(isinstance(c, (ConnectionError, TimeoutError)) for c in chain):
-        detail = _short(str(chain[-1]), 160)
-        return TransientError(f"cannot reach {where}: {detail}", hint=hint)
-    if names & {"Timeout", "APITimeoutError", "ReadTimeout", "ServerTimeoutError"}:
-        return TransientError(f"{where} timed out", hint="the server is slow or stalled")
+    if names & _STALL_NAMES or any(isinstance(c, TimeoutError) for c in chain):
+        return stalled(where, idle_timeout, mid_answer=mid_answer)
+    if names & _CUT_NAMES or any(isinstance(c, ConnectionResetError) for c in chain):
+        when = "mid-answer" if mid_answer else "before answering"
+        return TransientError(
+            f"the connection to {where} was cut {when}",
+            hint="the server or a proxy closed it; check the server's log",
+        )
+    # litellm wraps every failure after the first chunk in an APIConnectionError, so mid-answer
+    # that name says nothing about the connection.
+    connect = names & _CONNECT_NAMES - ({"APIConnectionError"} if mid_answer else set())
+    if connect or any(isinstance(c, ConnectionError) for c in chain):
+        return TransientError(f"cannot reach {where}: {_short(str(chain[-1]), 160)}", hint=hint)
+    ollama = _OLLAMA_STREAM_ERROR.search(str(chain[0]))
+    if ollama is not None:
+        return TransientError(
+            f"{where} reported an error mid-answer: {_ollama_words(ollama.group(1))}",
+            hint="check the server's log",
+        )
+    if mid_answer:
+        return TransientError(
+            f"{where} reported an error mid-answer: {server_words(str(chain[-1]))}",
+            hint="check the server's log",
+        )
     return None
 
 
-def classify(exc: BaseException, plan: SpawnPlan) -> ProviderError:
+def classify(
+    exc: BaseException, plan: SpawnPlan, *, idle_timeout: float | None = None
+) -> ProviderError:
     """Map any exception from a model call onto nexpy's hierarchy, with a line to act on."""
     if isinstance(exc, ProviderError):
         return exc
     where = plan.endpoint or plan.spec.route.prefix
+    chain = _chain(exc)
     status = _status_of(exc)
-    text = str(exc)
+    body = _body_of(chain)
+    text = " ".join([*(str(c) for c in chain), body or ""])
     lowered = text.lower()
     name = type(exc).__name__
 
     if (
         status == 413
         or any(m in lowered for m in _OVERFLOW_MARKERS)
-        or name == ("ContextWindowExceededError")
+        or name == "ContextWindowExceededError"
     ):
         m = _N_CTX.search(text) or _MAX_CTX.search(text)
         return ContextOverflow(
@@ -228,102 +413,67 @@ def classify(exc: BaseException, plan: SpawnPlan) -> ProviderError:
             hint="lower --context-window, /compact, or start the server with a bigger -c",
             n_ctx=int(m.group(1)) if m else None,
         )
+    if (transport := _transport_failure(chain, where, idle_timeout)) is not None:
+        return transport
+    said = server_words(body or str(exc))
     if status in (401, 403) or name in ("AuthenticationError", "PermissionDeniedError"):
         key = f"${plan.api_key_env}" if plan.api_key_env else "the endpoint's api_key_env"
         return AuthError(
-            f"HTTP {status or 401} from {where}: the server refused the credentials",
+            f"HTTP {status or 401} from {where}: the server refused the credentials ({said})",
             hint=f"check {key}",
             status=status,
         )
     if status == 404 or name == "NotFoundError":
         return NotFoundError(
-            f"HTTP 404 from {where}: model {plan.model!r} not found ({_short(text, 120)})",
-            hint=f"check -m, or list the server's models with: nex doctor -m {plan.spec}",
+            f"HTTP 404 from {where}: model {plan.model!r} not found ({said})",
+            hint=f"check -m and the path of -e, or list the models with: nex doctor -m {plan.spec}",
             status=404,
         )
-    if (transport := _transport_failure(exc, where)) is not None:
-        return transport
-    if (
-        status in (408, 429)
-        or (status is not None and status >= 500)
-        or name
-        in (
-            "RateLimitError",
-            "InternalServerError",
-            "ServiceUnavailableError",
-            "BadGatewayError",
-        )
-    ):
-        return TransientError(
-            f"HTTP {status} from {where}: {_short(text)}",
-            hint="the server is overloaded or failing; try again later",
+    if status in (400, 422, 500) and any(m in lowered for m in _TEMPLATE_MARKERS):
+        # llama.cpp servers answer a chat-template exception with a 500; retrying the same
+        # conversation cannot help.
+        return BadRequestError(
+            f"HTTP {status} from {where}: the chat template rejected the conversation ({said})",
+            hint="the model's template cannot render it (tool messages?); use a tool-capable "
+            "template: llama.cpp --jinja or --chat-template-file",
             status=status,
-            retry_after=_retry_after(exc),
+        )
+    if status in (408, 429) or (status is not None and status >= 500):
+        hint = (
+            "the server is rate limiting; wait and try again"
+            if status == 429
+            else "the server is failing or overloaded; check its log or try again later"
+        )
+        return TransientError(
+            f"HTTP {status} from {where}: {said}",
+            hint=hint,
+            status=status,
+            retry_after=_retry_after(chain),
         )
     if status == 400 or name in ("BadRequestError", "UnprocessableEntityError"):
-        return BadRequestError(f"HTTP {status or 400} from {where}: {_short(text)}", status=status)
-    return ProviderError(f"model call to {where} failed: {name}: {_short(text)}", status=status)
+        return BadRequestError(
+            f"HTTP {status or 400} from {where}: {said}",
+            hint="the server rejected the request; run: nex doctor -m " + str(plan.spec),
+            status=status,
+        )
+    return ProviderError(f"model call to {where} failed: {name}: {said}", status=status)
 
 
-# -- streaming assembly ---------------------------------------------------------------------
-class _ToolCallAssembler:
-    """Joins streamed tool-call deltas; tolerant of a missing or always-zero index."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self._by_index: dict[int, dict[str, Any]] = {}
-
-    def add(self, delta: Any) -> None:
-        index = _get(delta, "index")
-        call_id = _get(delta, "id")
-        fn = _get(delta, "function") or {}
-        name = _get(fn, "name")
-        args = _get(fn, "arguments") or ""
-        current: dict[str, Any] | None = None
-        if call_id and any(c["id"] == call_id for c in self.calls):
-            current = next(c for c in self.calls if c["id"] == call_id)
-        elif (
-            isinstance(index, int)
-            and index in self._by_index
-            and not (
-                call_id and self._by_index[index]["id"] and self._by_index[index]["id"] != call_id
-            )
-        ):
-            current = self._by_index[index]
-        elif not call_id and not name and self.calls:
-            current = self.calls[-1]  # a continuation chunk without index or id
-        if current is None:
-            current = {
-                "id": call_id or "",
-                "type": "function",
-                "function": {"name": "", "arguments": ""},
-            }
-            self.calls.append(current)
-            if isinstance(index, int):
-                self._by_index[index] = current
-        if call_id and not current["id"]:
-            current["id"] = call_id
-        if name:
-            current["function"]["name"] = name
-        current["function"]["arguments"] += args
-
-    def finish(self) -> list[dict[str, Any]]:
-        for n, call in enumerate(self.calls):
-            if not call["id"]:
-                call["id"] = f"call_{n}"
-        return [c for c in self.calls if c["function"]["name"]]
+class _EmptyReply(TransientError):
+    """A 200 stream that carried no answer: retried once without streaming, which makes
+    llama-cpp-python show the real error (a chat-template failure streams as nothing)."""
 
 
-def _get(obj: Any, key: str) -> Any:
-    if obj is None:
-        return None
-    if isinstance(obj, dict):
-        return obj.get(key)
-    return getattr(obj, key, None)
-
-
+# -- reading a reply ------------------------------------------------------------------------
 class _Dedup:
-    """Forwards streamed text, never showing again what an earlier attempt already showed."""
+    """Forwards streamed text, never showing again what an earlier attempt already showed.
+
+    A retry that repeats the shown text stays silent until it passes it. One that diverges
+    (a sampling model rarely repeats itself) cannot unshow the old text, so it says so once
+    and shows its own answer from the start; the journal keeps only the last attempt's text.
+    """
+
+    RESTART = "\n[nex: the retried answer differs; it starts again here]\n"
 
     def __init__(self, sink: TextCallback) -> None:
         self.sink = sink
@@ -334,17 +484,110 @@ class _Dedup:
         self.attempt_text = ""
 
     def __call__(self, piece: str) -> None:
+        if not piece:
+            return
         self.attempt_text += piece
-        # A retry that diverged from what was shown leaves the earlier text on screen; the
-        # journal keeps only this attempt's text.
-        if len(self.attempt_text) > len(self.shown) and self.attempt_text.startswith(self.shown):
+        if self.attempt_text.startswith(self.shown):
             fresh = self.attempt_text[len(self.shown) :]
             self.shown = self.attempt_text
-            self.sink(fresh)
+            if fresh:
+                self.sink(fresh)
+        elif not self.shown.startswith(self.attempt_text):
+            self.shown = self.attempt_text
+            self.sink(self.RESTART + self.attempt_text)
+
+
+class _ReplyReader:
+    """Accumulates one reply from stream chunks (or one non-streamed response)."""
+
+    def __init__(self, tools: list[dict[str, Any]] | None, on_text: TextCallback) -> None:
+        self.on_text = on_text
+        self.native = ToolCallAssembler()
+        # Calls written as text are only recovered when tools were offered, and only by name.
+        self.text_calls = TextCallExtractor(tool_parameters(tools)) if tools else None
+        self.raw: list[str] = []
+        self.usage: dict[str, int] | None = None
+        self.finish: str | None = None
+        self.spoke = False  # the server sent a delta or usage of its own
+
+    def add(self, chunk: Any) -> None:
+        u = field_of(chunk, "usage")
+        if u is not None and field_of(u, "prompt_tokens") is not None:
+            self.spoke = True
+            self.usage = {
+                "prompt_tokens": int(field_of(u, "prompt_tokens") or 0),
+                "completion_tokens": int(field_of(u, "completion_tokens") or 0),
+            }
+        for choice in field_of(chunk, "choices") or []:
+            delta = field_of(choice, "delta") or field_of(choice, "message")
+            piece = field_of(delta, "content")
+            calls = field_of(delta, "tool_calls") or []
+            if piece is not None or calls or field_of(delta, "role"):
+                self.spoke = True
+            if piece:
+                self.raw.append(piece)
+                self.on_text(self.text_calls.feed(piece) if self.text_calls else piece)
+            for call in calls:
+                self.native.add(call)
+            self.finish = field_of(choice, "finish_reason") or self.finish
+
+    def reply(self, where: str, content_type: str) -> Reply:
+        if not self.spoke:
+            raise _empty(where, content_type)
+        content = "".join(self.raw)
+        calls = self.native.finish()
+        from_text = False
+        if self.text_calls is not None:
+            self.on_text(self.text_calls.finish())
+            content = self.text_calls.visible
+            if not calls and self.text_calls.calls:
+                calls, from_text = self.text_calls.calls, True
+                content = content.strip()
+        return Reply(content, calls, self.usage, self.finish, calls_from_text=from_text)
+
+
+def _empty(where: str, content_type: str) -> ProviderError:
+    """The error for a 200 reply without an answer, by what the server said it sent."""
+    ctype = content_type.split(";")[0].strip().lower()
+    if "html" in ctype:
+        return ProviderError(
+            f"{where} answered with an HTML page, not a chat stream",
+            hint="check that -e is the model server's API URL (…/v1), not a web UI or proxy",
+        )
+    if ctype and ctype not in ("text/event-stream", "application/x-ndjson"):
+        return ProviderError(
+            f"{where} answered 200 with a body that is not a chat completion stream "
+            f"(Content-Type: {ctype})",
+            hint="check that -e is an OpenAI-compatible chat API URL (…/v1)",
+        )
+    return _EmptyReply(
+        f"empty reply from {where}",
+        hint="the server answered 200 with no data; check its log (a chat-template error?)",
+    )
 
 
 # -- the litellm model ----------------------------------------------------------------------
 Sleep = Callable[[float], Awaitable[None]]
+
+IDLE_TIMEOUT_ENV = "NEX_IDLE_TIMEOUT"
+DEFAULT_IDLE_TIMEOUT = 600.0  # a big prompt on a CPU can take minutes before the first token
+
+
+def idle_timeout_from_env() -> float:
+    """Seconds without data before a request counts as stalled: $NEX_IDLE_TIMEOUT or 600."""
+    raw = os.environ.get(IDLE_TIMEOUT_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_IDLE_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise ConfigError(
+            f"{IDLE_TIMEOUT_ENV}={raw!r} is not a positive number of seconds",
+            hint=f"unset it or set e.g. {IDLE_TIMEOUT_ENV}=120",
+        )
+    return value
 
 
 class LitellmModel:
@@ -354,7 +597,7 @@ class LitellmModel:
         self,
         plan: SpawnPlan,
         *,
-        idle_timeout: float = 600.0,
+        idle_timeout: float | None = None,
         connect_timeout: float = 30.0,
         max_attempts: int = 4,
         sleep: Sleep = asyncio.sleep,
@@ -362,20 +605,26 @@ class LitellmModel:
     ) -> None:
         self.plan = plan
         self.name = str(plan.spec)
-        self.idle_timeout = idle_timeout
+        self.where = plan.endpoint or plan.spec.route.prefix
+        self.idle_timeout = idle_timeout if idle_timeout is not None else idle_timeout_from_env()
         self.connect_timeout = connect_timeout
         self.max_attempts = max_attempts
         self.sleep = sleep
         self.on_retry = on_retry
 
-    def _kwargs(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    def request_kwargs(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        *,
+        stream: bool,
+        max_tokens: int | None,
     ) -> dict[str, Any]:
+        """The arguments of `litellm.acompletion` for one request (nex doctor sends its own)."""
         kwargs: dict[str, Any] = {
             "model": self.plan.litellm_model,
             "messages": messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
+            "stream": stream,
             "timeout": self.idle_timeout,
             "num_retries": 0,
             "max_retries": 0,
@@ -383,6 +632,8 @@ class LitellmModel:
             # base install) to check for MCP tools; nex never sends any, so skip the check.
             "_skip_mcp_handler": True,
         }
+        if stream:
+            kwargs["stream_options"] = {"include_usage": True}
         if self.plan.endpoint:
             kwargs["api_base"] = self.plan.endpoint
         # The openai client insists on a key; local servers ignore this placeholder.
@@ -391,6 +642,14 @@ class LitellmModel:
             kwargs["extra_headers"] = dict(self.plan.headers)
         if tools:
             kwargs["tools"] = tools
+        if max_tokens:
+            kwargs["max_tokens"] = max_tokens
+        if self.plan.spec.route.prefix == "ollama":
+            from nexpy.budget import DEFAULT_WINDOW
+
+            # Ollama's own default window is 2–4 K tokens, and it silently drops the start of a
+            # longer prompt: ask for the window nex budgets against.
+            kwargs["num_ctx"] = self.plan.context_window or DEFAULT_WINDOW
         return kwargs
 
     async def complete(
@@ -403,19 +662,22 @@ class LitellmModel:
     ) -> Reply:
         dedup = _Dedup(on_text)
         attempt = 0
+        stream = True
         while True:
             attempt += 1
             dedup.new_attempt()
             try:
-                return await self._attempt(messages, tools, dedup, max_tokens)
+                return await self._attempt(messages, tools, dedup, max_tokens, stream=stream)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                error = classify(exc, self.plan)
+                error = classify(exc, self.plan, idle_timeout=self.idle_timeout)
                 if not error.retryable or attempt >= self.max_attempts:
                     if attempt > 1 and error.retryable:
                         error.message += f" (after {attempt} attempts)"
                     raise error from exc
+                # After an empty stream, stay unstreamed: the server streams nothing here.
+                stream = stream and not isinstance(error, _EmptyReply)
                 delay = _backoff(attempt, error.retry_after)
                 if self.on_retry:
                     self.on_retry(error, attempt, delay)
@@ -427,57 +689,38 @@ class LitellmModel:
         tools: list[dict[str, Any]] | None,
         on_text: TextCallback,
         max_tokens: int | None,
+        *,
+        stream: bool,
     ) -> Reply:
-        lm = litellm()
-        kwargs = self._kwargs(messages, tools)
-        if max_tokens:
-            kwargs["max_tokens"] = max_tokens
-        stream = await asyncio.wait_for(
-            lm.acompletion(**kwargs), self.connect_timeout + self.idle_timeout
-        )
-        text: list[str] = []
-        calls = _ToolCallAssembler()
-        usage: dict[str, int] | None = None
-        finish: str | None = None
-        chunks = 0
+        lm = await asyncio.to_thread(litellm)  # never block the loop (Ctrl-C) on the import
+        kwargs = self.request_kwargs(messages, tools, stream=stream, max_tokens=max_tokens)
         try:
-            iterator = stream.__aiter__()
+            response = await asyncio.wait_for(
+                lm.acompletion(**kwargs), self.connect_timeout + self.idle_timeout
+            )
+        except TimeoutError:
+            raise stalled(self.where, self.idle_timeout, mid_answer=False) from None
+        reader = _ReplyReader(tools, on_text)
+        if not stream:
+            reader.add(response)
+            return reader.reply(self.where, "application/json")
+        try:
+            iterator = response.__aiter__()
             while True:
                 try:
                     chunk = await asyncio.wait_for(iterator.__anext__(), self.idle_timeout)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    raise TransientError(
-                        f"no data from {self.plan.endpoint} for {self.idle_timeout:.0f} s",
-                        hint="the server stalled; raise the idle timeout for slow prefill",
-                    ) from None
-                chunks += 1
-                if (u := _get(chunk, "usage")) is not None and _get(u, "prompt_tokens") is not None:
-                    usage = {
-                        "prompt_tokens": int(_get(u, "prompt_tokens") or 0),
-                        "completion_tokens": int(_get(u, "completion_tokens") or 0),
-                    }
-                for choice in _get(chunk, "choices") or []:
-                    delta = _get(choice, "delta")
-                    if piece := _get(delta, "content"):
-                        text.append(piece)
-                        on_text(piece)
-                    for tc in _get(delta, "tool_calls") or []:
-                        calls.add(tc)
-                    finish = _get(choice, "finish_reason") or finish
+                    raise stalled(self.where, self.idle_timeout, mid_answer=reader.spoke) from None
+                reader.add(chunk)
         finally:
-            close = getattr(stream, "aclose", None)
+            close = getattr(response, "aclose", None)
             if close is not None:
                 with contextlib.suppress(Exception):
                     await close()
-        tool_calls = calls.finish()
-        if chunks == 0 or (not text and not tool_calls and finish is None):
-            raise TransientError(
-                f"empty reply stream from {self.plan.endpoint}",
-                hint="the server answered 200 with no data; check its log (chat template?)",
-            )
-        return Reply("".join(text), tool_calls, usage, finish)
+        headers = getattr(response, "_response_headers", None) or {}
+        return reader.reply(self.where, str(headers.get("content-type", "")))
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:
@@ -486,18 +729,3 @@ def _backoff(attempt: int, retry_after: float | None) -> float:
         return min(retry_after, 60.0)
     base = 0.5 * (2 ** (attempt - 1))
     return base * (0.5 + random.random())
-
-
-def parse_arguments(raw: str | dict[str, Any] | None) -> dict[str, Any]:
-    """Tool-call arguments as a dict; raises ValueError with a reason the model can act on."""
-    if isinstance(raw, dict):
-        return raw
-    if raw is None or not raw.strip():
-        return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"arguments are not valid JSON ({e.msg} at char {e.pos})") from None
-    if not isinstance(value, dict):
-        raise ValueError("arguments must be a JSON object")
-    return value

@@ -278,6 +278,7 @@ class Repl:
         self.terminal = Terminal()
         self.sink = TerminalSink(self.terminal, verbose=opts.verbose)
         self._generating: asyncio.Task[str] | None = None
+        self._window_probe: asyncio.Task[None] | None = None
         self._confirm_prompt: PromptSession[str] | None = None
         self.prompt = PromptSession[str](
             history=self._history(),
@@ -312,6 +313,11 @@ class Repl:
         try:
             self._install_sigint()
             self.banner()
+            # Learn the real window in the background so the status bar shows it; the prompt
+            # never waits on a server probe.
+            ensure_window = getattr(self.run.agent, "ensure_window", None)
+            if ensure_window is not None:
+                self._window_probe = asyncio.create_task(ensure_window())
             if first_message and first_message.strip():
                 self.terminal.say(PROMPT + first_message)
                 await self.send(first_message)
@@ -453,6 +459,15 @@ class Repl:
         self.terminal.say("started a fresh conversation (the journal keeps the old one)")
         return False
 
+    async def cmd_compact(self, arg: str) -> bool:
+        # Only nex's own loop owns its context; the wrapped CLIs manage theirs.
+        compact = getattr(self.run.agent, "compact", None)
+        if compact is None:
+            self.terminal.say(f"/compact: the {self.plan.handler} CLI manages its own context")
+            return False
+        self.terminal.say(await compact())
+        return False
+
     async def cmd_tokens(self, arg: str) -> bool:
         agent = self.run.agent
         totals = agent.totals
@@ -529,6 +544,7 @@ COMMANDS: dict[str, tuple[CommandHandler, str, str]] = {
     "help": (Repl.cmd_help, "/help", "list commands and keys"),
     "clear": (Repl.cmd_clear, "/clear", "start a fresh conversation in this session"),
     "tokens": (Repl.cmd_tokens, "/tokens", "context used and tokens spent"),
+    "compact": (Repl.cmd_compact, "/compact", "shrink the conversation to free context now"),
     "model": (Repl.cmd_model, "/model", "the model and how it was chosen"),
     "save": (Repl.cmd_save, "/save NAME", "copy this session to a new session NAME"),
     "load": (Repl.cmd_load, "/load NAME", "switch to the session NAME"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 import sys
 import time
@@ -77,17 +78,8 @@ class Run:
         try:
             resumed = bool(self.session.entries())
             workdir = opts.workdir.resolve()
-            self.session.append(
-                "init",
-                model=str(plan.spec),
-                handler=plan.handler,
-                endpoint=plan.endpoint,
-                cwd=str(workdir),
-                plan=plan.line(),
-                resumed=resumed,
-            )
-            for warning in self.session.warnings:
-                self.emitter.emit("warning", message=warning)
+            # Build the handler first: one that cannot start (a missing binary) must not leave
+            # an `init` without an `end` behind.
             factory = load_factory(plan.handler)
             self.agent: Handler = factory(
                 plan,
@@ -103,9 +95,22 @@ class Run:
                     confirm=confirm,
                 ),
             )
+            self.session.append(
+                "init",
+                model=str(plan.spec),
+                handler=plan.handler,
+                endpoint=plan.endpoint,
+                cwd=str(workdir),
+                plan=plan.line(),
+                resumed=resumed,
+            )
         except BaseException:
             self.session.close()
+            if not resumed_or_used(self.session):
+                shutil.rmtree(self.session.path, ignore_errors=True)  # it holds nothing
             raise
+        for warning in self.session.warnings:
+            self.emitter.emit("warning", message=warning)
         self.emitter.emit(
             "session.started",
             model=str(plan.spec),
@@ -137,6 +142,14 @@ class Run:
         finally:
             self.session.close()
             self.emitter.emit("session.ended", **fields)
+
+
+def resumed_or_used(session: Session) -> bool:
+    """Whether a session folder holds anything worth keeping."""
+    try:
+        return bool(session.entries())
+    except OSError:
+        return True  # unreadable: not ours to delete
 
 
 def report(error: NexError, *, verbose: bool = False) -> None:

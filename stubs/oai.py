@@ -14,7 +14,9 @@ SIGINT. In-process::
 
 Endpoints: ``POST /v1/chat/completions`` (and ``/chat/completions``), ``GET /v1/models``,
 ``GET /props`` (llama.cpp; 404 unless a window is set), ``GET /health``, ``GET /_stub/requests``,
-``GET /_stub/rejections``. The script format is described in ``stubs/script.py``.
+``GET /_stub/arrivals`` (``time.time()`` of each chat request's arrival, for benchmarks that
+time a client from outside), ``GET /_stub/rejections``. The script format is described in
+``stubs/script.py``.
 
 Strict mode answers what a strict chat template rejects (``stubs.strict.validate``) with
 llama.cpp's 400 body; a window answers an oversized prompt with the C++ llama-server's
@@ -57,6 +59,8 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
+
+BARRIER_TIMEOUT = 120.0  # seconds a "barrier" reply waits for the rest before answering anyway
 
 EXCEED_CONTEXT_MESSAGE = "the request exceeds the available context size, try increasing it"
 
@@ -207,19 +211,27 @@ class _Answer:
         self.finish_reason: str = reply.get("finish_reason") or (
             "tool_calls" if self.tool_calls else "stop"
         )
-        prompt = estimate_prompt_tokens(body)
-        completion = count_tokens(
-            (self.content or "")
-            + (self.reasoning or "")
-            + "".join(c["function"]["name"] + c["function"]["arguments"] for c in self.tool_calls)
-        )
+        given = reply.get("usage") if isinstance(reply.get("usage"), Mapping) else {}
+        # Counting a long prompt costs more than serving it; a script that states both figures
+        # skips it, so a benchmark of long sessions measures the client, not the stub.
+        prompt = given.get("prompt_tokens")
+        if prompt is None:
+            prompt = estimate_prompt_tokens(body)
+        completion = given.get("completion_tokens")
+        if completion is None:
+            completion = count_tokens(
+                (self.content or "")
+                + (self.reasoning or "")
+                + "".join(
+                    c["function"]["name"] + c["function"]["arguments"] for c in self.tool_calls
+                )
+            )
         self.usage: dict[str, Any] = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
+            **given,
         }
-        if isinstance(reply.get("usage"), Mapping):
-            self.usage.update(reply["usage"])
         self.chunk_size: int | None = reply.get("chunk_size")
 
     def message(self) -> dict[str, Any]:
@@ -306,6 +318,7 @@ class StubServer:
         self._record_file: Any = None
         self._lock = threading.Lock()
         self._requests: list[Any] = []
+        self._arrivals: list[float] = []
         self._rejections: list[tuple[int, str]] = []
         self._overflows: list[tuple[int, int]] = []
         self._call_counter = 0
@@ -313,6 +326,9 @@ class StubServer:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._stopping: asyncio.Event | None = None
+        # Requests held by a "barrier" reply, and the event that releases them together.
+        self._barrier_waiting = 0
+        self._barrier_release: asyncio.Event | None = None
         self._started = time.time()
 
     # -- public -------------------------------------------------------------------------------
@@ -332,6 +348,12 @@ class StubServer:
         """The chat request bodies received, in order (a copy)."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def arrivals(self) -> list[float]:
+        """``time.time()`` when each chat request arrived, in the order of ``requests``."""
+        with self._lock:
+            return list(self._arrivals)
 
     @property
     def rejections(self) -> list[tuple[int, str]]:
@@ -415,6 +437,7 @@ class StubServer:
         app.router.add_get("/props", self._props)
         app.router.add_get("/health", self._health)
         app.router.add_get("/_stub/requests", self._stub_requests)
+        app.router.add_get("/_stub/arrivals", self._stub_arrivals)
         app.router.add_get("/_stub/rejections", self._stub_rejections)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -436,9 +459,10 @@ class StubServer:
 
     # -- recording ------------------------------------------------------------------------------
 
-    def _record(self, body: Any) -> int:
+    def _record(self, body: Any, arrived: float) -> int:
         with self._lock:
             self._requests.append(body)
+            self._arrivals.append(arrived)
             index = len(self._requests) - 1
             if self._record_file is not None:
                 self._record_file.write(json.dumps(body) + "\n")
@@ -486,19 +510,23 @@ class StubServer:
     async def _stub_requests(self, request: web.Request) -> web.Response:
         return web.json_response(self.requests)
 
+    async def _stub_arrivals(self, request: web.Request) -> web.Response:
+        return web.json_response(self.arrivals)
+
     async def _stub_rejections(self, request: web.Request) -> web.Response:
         return web.json_response([list(r) for r in self.rejections])
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.time()
         raw = await request.read()
         try:
             body = json.loads(raw)
         except ValueError:
-            self._record({"_invalid_json": raw.decode("utf-8", "replace")})
+            self._record({"_invalid_json": raw.decode("utf-8", "replace")}, arrived)
             return web.json_response(
                 _error_body(400, "Failed to parse the request body as JSON"), status=400
             )
-        index = self._record(body)
+        index = self._record(body, arrived)
         if not isinstance(body, dict):
             return web.json_response(
                 _error_body(400, "the request body must be a JSON object"), status=400
@@ -523,6 +551,8 @@ class StubServer:
                 return web.json_response(err, status=400)
 
         reply = self.script.next()
+        if reply.get("barrier"):
+            await self._barrier(int(reply["barrier"]))
         delay = reply.get("delay")
         if delay:
             await asyncio.sleep(float(delay))
@@ -596,9 +626,32 @@ class StubServer:
         answer: _Answer,
     ) -> web.StreamResponse:
         resp = await self._open_stream(request)
-        await self._send(resp, self._chunks(body, answer), float(reply.get("chunk_delay") or 0))
+        events = self._chunks(body, answer)
+        if reply.get("burst"):
+            await resp.write(b"".join(events))
+        else:
+            await self._send(resp, events, float(reply.get("chunk_delay") or 0))
         await resp.write_eof()
         return resp
+
+    async def _barrier(self, parties: int) -> None:
+        """Hold until `parties` requests wait here, then let them all go at once (a benchmark
+        starts N clients together this way). Released anyway after BARRIER_TIMEOUT, so a
+        client that never arrives cannot hang the others."""
+        if self._barrier_release is None:
+            self._barrier_release = asyncio.Event()
+        release = self._barrier_release
+        self._barrier_waiting += 1
+        if self._barrier_waiting >= parties:
+            self._barrier_waiting = 0
+            self._barrier_release = None
+            release.set()
+            return
+        try:
+            await asyncio.wait_for(release.wait(), BARRIER_TIMEOUT)
+        except TimeoutError:
+            if self._barrier_release is release:
+                self._barrier_waiting -= 1
 
     async def _hang(self, request: web.Request) -> None:
         """Wait until the client goes away or the server stops."""

@@ -35,11 +35,13 @@ REPLY_KEYS = frozenset(
         "delay",  # seconds to wait before sending headers
         "chunk_delay",  # seconds between streamed chunks
         "chunk_size",  # characters per streamed piece (default: per word)
+        "burst",  # stream every event in one write, as fast as the socket takes it (bench)
         "fault",  # one of FAULTS
         "status",  # HTTP status for fault status/html
         "retry_after",  # Retry-After header for fault status
         "body",  # error body for fault status/html/stream_error (dict or str)
         "after_chunks",  # chunks sent before fault drop/hang
+        "barrier",  # hold until this many barrier requests are waiting, then answer all (bench)
     }
 )
 
@@ -55,6 +57,9 @@ def _check_reply(reply: Any, where: str) -> dict[str, Any]:
     fault = reply.get("fault")
     if fault is not None and fault not in FAULTS:
         raise ValueError(f"{where}: unknown fault {fault!r} (known: {', '.join(FAULTS)})")
+    barrier = reply.get("barrier")
+    if barrier is not None and (not isinstance(barrier, int) or barrier < 1):
+        raise ValueError(f"{where}: barrier must be a positive whole number")
     calls = reply.get("tool_calls")
     if calls is not None:
         if not isinstance(calls, list) or not calls:

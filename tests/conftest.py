@@ -12,6 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from nexpy.provider import prepare_environment
+
+# Points TIKTOKEN_CACHE_DIR at litellm's bundled encodings (as nex does for itself) before any
+# stub counts a token: a stub picks its tokenizer once per process, and without the files it
+# falls back to len // 4, which would make its window checks disagree with nex's budget.
+prepare_environment()
+
 NEX = str(Path(sys.executable).parent / "nex")
 SENTINEL_KEY = "sk-sentinel-7f3a9c1e5b2d4f60"
 

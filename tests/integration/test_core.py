@@ -82,7 +82,10 @@ def test_five_messages_back_to_back_with_tool_rounds(nex_env: NexEnv) -> None:
 
 
 def test_five_messages_with_a_context_warning_active(nex_env: NexEnv) -> None:
-    requests, rejections = _five_messages(nex_env, ["--context-window", "400"])
+    # Tools and system prompt take ~900 tokens and a quarter of the window is kept for the
+    # reply: at 2150 the history room is ~600 tokens, which the last request fills past the
+    # warning level (75%) without needing compaction.
+    requests, rejections = _five_messages(nex_env, ["--context-window", "2150"])
     assert rejections == []
     last = requests[-1]["messages"]
     # The warning is folded into the last user turn, never pushed as its own message.

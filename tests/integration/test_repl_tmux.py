@@ -231,6 +231,25 @@ def test_clear_starts_a_fresh_conversation(repl, nex_env: NexEnv) -> None:
     assert "compaction" in kinds
 
 
+def test_compact_shrinks_now_and_the_next_message_is_accepted(repl, nex_env: NexEnv) -> None:
+    big = {"tool_calls": [{"name": "bash", "arguments": {"command": "seq 1 3000"}}]}
+    script = {"replies": [big, {"echo": True}], "default": {"echo": True}}
+    with stub_server(script, strict=True) as srv:
+        pane = repl(srv, "--chat", "squeeze")
+        pane.send("count a lot")
+        pane.wait("echo: count a lot")
+        pane.wait_prompt()
+        pane.send("/compact")
+        pane.wait("compact")
+        pane.wait_prompt()
+        pane.send("still there?")
+        pane.wait("echo: still there?")
+        assert srv.rejections == []
+        last = srv.requests[-1]["messages"]
+        assert any(m["role"] == "user" and m["content"] == "count a lot" for m in last)
+    assert "compaction" in [e["kind"] for e in nex_env.journal("squeeze")]
+
+
 def test_a_failed_request_prints_one_error_line_and_the_repl_goes_on(repl) -> None:
     refused = {"fault": "status", "status": 401}
     with stub_server({"replies": [refused], "default": {"echo": True}}, strict=True) as srv:

@@ -1,0 +1,342 @@
+"""The fault matrix (issue 4): `nex` as a subprocess against a stub that misbehaves on purpose.
+
+Every row ends either retried-and-successful (exit 0, the answer once on stdout, a warning on
+stderr) or in exactly one error line and exit 1; in both cases the journal stays valid and holds
+the answer at most once. Autonomous mode never streams to stdout, so "shown twice" can only
+happen in the REPL: the mid-stream rows have REPL variants at the end, under tmux. The other
+rows behave the same in the REPL (the error goes through the same classification and appears as
+one `error:` line, and the REPL goes on), so one REPL error row stands for them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from stubs.oai import stub_server
+from tests.conftest import NexEnv, Result
+from tests.integration.test_repl_tmux import repl  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.timeout(120)
+
+ANSWER = "The build passes and all four tests are green."
+IDLE = "2"  # NEX_IDLE_TIMEOUT for the stall rows: a hang costs 2 s, not 10 minutes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(nex_env: NexEnv, url: str, *extra: str) -> Result:
+    nex_env.env["NEX_IDLE_TIMEOUT"] = IDLE
+    # A given window skips window discovery: these tests are about the chat request.
+    return nex_env.run(
+        "-m", "local:stub-model", "-e", url, "--context-window", "32768", "--chat", "f", *extra,
+        "--autonomous", "status?",
+    )  # fmt: skip
+
+
+def _journal(nex_env: NexEnv) -> list[dict[str, Any]]:
+    """The session's messages, after checking every line parses and the run is bracketed."""
+    path = nex_env.home / "sessions" / "f" / "journal.jsonl"
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    assert entries[0]["kind"] == "init" and entries[-1]["kind"] == "end"
+    return [e["message"] for e in entries if e["kind"] == "message"]
+
+
+def _no_traceback(result: Result) -> None:
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def _recovered(nex_env: NexEnv, result: Result, warning: str) -> None:
+    """Exit 0, the answer once on stdout, one retry warning naming the fault, a clean journal."""
+    _no_traceback(result)
+    assert result.code == 0, result.stderr
+    assert result.stdout == ANSWER + "\n"
+    retries = [line for line in result.stderr.splitlines() if "retrying in" in line]
+    assert len(retries) == 1 and retries[0].startswith("warning:") and warning in retries[0], (
+        retries
+    )
+    assert result.error_lines() == []
+    messages = _journal(nex_env)
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[1]["content"] == ANSWER
+
+
+def _failed(nex_env: NexEnv, result: Result, needle: str) -> str:
+    """Exit 1 with exactly one error line containing `needle`; nothing on stdout."""
+    _no_traceback(result)
+    assert result.code == 1, result.stderr
+    errors = result.error_lines()
+    assert len(errors) == 1 and needle in errors[0], result.stderr
+    assert result.stdout == ""
+    assert [m["role"] for m in _journal(nex_env)] == ["user"]
+    return errors[0]
+
+
+def _then_answer(fault: dict[str, Any]) -> dict[str, Any]:
+    return {"replies": [fault], "default": {"content": ANSWER}}
+
+
+# -- the network ---------------------------------------------------------------------------------
+def test_connection_refused_is_retried_then_one_line(nex_env: NexEnv) -> None:
+    result = _run(nex_env, f"http://127.0.0.1:{_free_port()}")
+    line = _failed(nex_env, result, "connection refused by http://127.0.0.1:")
+    assert "(after 4 attempts)" in line and "nex doctor" in line
+
+
+def test_unknown_host_is_one_line_without_retries(nex_env: NexEnv) -> None:
+    started = time.monotonic()
+    result = _run(nex_env, "http://no-such-host.invalid:8080")
+    line = _failed(nex_env, result, "cannot resolve the host of http://no-such-host.invalid:8080")
+    assert "attempts" not in line and "retrying" not in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_tls_to_a_plain_http_port(nex_env: NexEnv) -> None:
+    with stub_server(_then_answer({"content": ANSWER})) as srv:
+        result = _run(nex_env, f"https://127.0.0.1:{srv.port}")
+        line = _failed(
+            nex_env, result, f"TLS handshake with https://127.0.0.1:{srv.port}/v1 failed"
+        )
+        assert "use an http:// URL" in line
+        assert srv.requests == []
+
+
+# -- HTTP statuses -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("fault", "warning"),
+    [
+        ({"fault": "status", "status": 500}, "HTTP 500 from"),
+        (
+            {"fault": "status", "status": 500, "body": "Internal Server Error"},
+            "Internal Server Error",
+        ),
+        ({"fault": "status", "status": 502}, "HTTP 502 from"),
+        ({"fault": "status", "status": 503}, "HTTP 503 from"),
+        ({"fault": "html", "status": 502}, "an HTML page ('502 Bad Gateway'), likely from a proxy"),
+    ],
+    ids=["500", "500-text-body", "502", "503", "html-502"],
+)
+def test_server_errors_are_retried_and_succeed(
+    nex_env: NexEnv, fault: dict[str, Any], warning: str
+) -> None:
+    with stub_server(_then_answer(fault), strict=True) as srv:
+        _recovered(nex_env, _run(nex_env, srv.url), warning)
+        assert len(srv.requests) == 2
+
+
+def test_html_error_page_every_time_ends_in_one_readable_line(nex_env: NexEnv) -> None:
+    with stub_server({"default": {"fault": "html", "status": 502}}) as srv:
+        line = _failed(nex_env, _run(nex_env, srv.url), "HTTP 502 from")
+        assert "an HTML page ('502 Bad Gateway')" in line and "(after 4 attempts)" in line
+        assert "<html" not in line
+        assert len(srv.requests) == 4
+
+
+def test_429_waits_for_retry_after(nex_env: NexEnv) -> None:
+    fault = {"fault": "status", "status": 429, "retry_after": 1}
+    with stub_server(_then_answer(fault), strict=True) as srv:
+        result = _run(nex_env, srv.url)
+        _recovered(nex_env, result, "HTTP 429 from")
+        assert "retrying in 1.0 s" in result.stderr
+        first, second = srv.arrivals
+        assert second - first >= 0.95
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_failures_are_one_line_and_not_retried(nex_env: NexEnv, status: int) -> None:
+    with stub_server(_then_answer({"fault": "status", "status": status})) as srv:
+        line = _failed(nex_env, _run(nex_env, srv.url), f"HTTP {status} from {srv.url}")
+        assert "refused the credentials" in line
+        assert len(srv.requests) == 1
+
+
+def test_model_not_found_is_one_line_and_not_retried(nex_env: NexEnv) -> None:
+    body = {"error": {"code": 404, "message": "model 'stub-model' not found", "type": "not_found"}}
+    with stub_server(_then_answer({"fault": "status", "status": 404, "body": body})) as srv:
+        line = _failed(nex_env, _run(nex_env, srv.url), "model 'stub-model' not found")
+        assert "nex doctor" in line
+        assert len(srv.requests) == 1
+
+
+# -- stalls and cuts -----------------------------------------------------------------------------
+def test_hang_before_headers_times_out_and_retries(nex_env: NexEnv) -> None:
+    with stub_server(_then_answer({"fault": "hang"}), strict=True) as srv:
+        _recovered(nex_env, _run(nex_env, srv.url), f"{srv.url} sent no reply for 2 s")
+
+
+def test_hang_mid_stream_times_out_and_retries(nex_env: NexEnv) -> None:
+    fault = {"fault": "hang", "content": ANSWER, "after_chunks": 4}
+    with stub_server(_then_answer(fault), strict=True) as srv:
+        _recovered(nex_env, _run(nex_env, srv.url), f"{srv.url} stopped sending mid-answer for 2 s")
+
+
+def test_reset_mid_stream_is_retried(nex_env: NexEnv) -> None:
+    fault = {"fault": "drop", "content": ANSWER, "after_chunks": 4}
+    with stub_server(_then_answer(fault), strict=True) as srv:
+        _recovered(
+            nex_env, _run(nex_env, srv.url), f"the connection to {srv.url} was cut mid-answer"
+        )
+
+
+def test_hang_every_time_ends_in_one_line(nex_env: NexEnv) -> None:
+    with stub_server({"default": {"fault": "hang"}}) as srv:
+        line = _failed(nex_env, _run(nex_env, srv.url), "sent no reply for 2 s")
+        assert "NEX_IDLE_TIMEOUT" in line and "(after 4 attempts)" in line
+
+
+# -- broken bodies -------------------------------------------------------------------------------
+def test_empty_200_stream_is_retried_without_streaming(nex_env: NexEnv) -> None:
+    with stub_server(_then_answer({"fault": "empty"}), strict=True) as srv:
+        _recovered(nex_env, _run(nex_env, srv.url), "empty reply from")
+        assert [bool(r.get("stream")) for r in srv.requests] == [True, False]
+
+
+def test_malformed_sse_chunk_is_retried(nex_env: NexEnv) -> None:
+    fault = {"fault": "malformed", "content": ANSWER, "after_chunks": 3}
+    with stub_server(_then_answer(fault), strict=True) as srv:
+        _recovered(nex_env, _run(nex_env, srv.url), f"{srv.url} sent a malformed stream chunk")
+
+
+def test_non_json_200_body_is_one_line(nex_env: NexEnv) -> None:
+    fault = {"fault": "status", "status": 200, "body": "this is not json"}
+    with stub_server(_then_answer(fault)) as srv:
+        line = _failed(nex_env, _run(nex_env, srv.url), "not a chat completion stream")
+        assert "application/json" in line
+        assert len(srv.requests) == 1
+
+
+def test_five_megabyte_answer(nex_env: NexEnv) -> None:
+    big = ("0123456789abcdef" * 4096 + "\n") * 80  # 5.2 MB
+    with stub_server({"replies": [{"content": big, "chunk_size": 65536}]}, strict=True) as srv:
+        result = _run(nex_env, srv.url)
+    _no_traceback(result)
+    assert result.code == 0, result.stderr
+    assert result.stdout == big
+    messages = _journal(nex_env)
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[1]["content"] == big
+
+
+# -- imperfect tool calls: each one answered, none raised out of the loop --------------------------
+def _tool_results(srv_requests: list[dict[str, Any]]) -> list[str]:
+    return [m["content"] for m in srv_requests[-1]["messages"] if m["role"] == "tool"]
+
+
+def test_unknown_tool_is_answered_with_the_real_tools(nex_env: NexEnv) -> None:
+    call = {"tool_calls": [{"name": "rm_rf", "arguments": {"path": "/"}}]}
+    with stub_server({"replies": [call], "default": {"content": ANSWER}}, strict=True) as srv:
+        _ok(nex_env, _run(nex_env, srv.url))
+        (result,) = _tool_results(srv.requests)
+    assert "unknown tool 'rm_rf'" in result
+    assert all(name in result for name in ("bash", "read_file", "write_file"))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "outcome"),
+    [
+        ('```json\n{"command": "echo fenced"}\n```', "fenced"),
+        ('{"command": "echo truncated"', "truncated"),
+        ("{command: echo}", "arguments are not valid JSON"),
+    ],
+    ids=["code-fence", "truncated-closing", "unrepairable"],
+)
+def test_bad_argument_json_is_repaired_or_returned(
+    nex_env: NexEnv, arguments: str, outcome: str
+) -> None:
+    call = {"tool_calls": [{"name": "bash", "arguments": arguments}]}
+    with stub_server({"replies": [call], "default": {"content": ANSWER}}, strict=True) as srv:
+        _ok(nex_env, _run(nex_env, srv.url))
+        (result,) = _tool_results(srv.requests)
+        assert srv.rejections == []
+    assert outcome in result
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<tool_call>\n<function=bash>\n<parameter=command>\necho from-text\n</parameter>\n"
+        "</function>\n</tool_call>",
+        '<tool_call>\n{"name": "bash", "arguments": {"command": "echo from-text"}}\n</tool_call>',
+        '```json\n{"name": "bash", "arguments": {"command": "echo from-text"}}\n```',
+    ],
+    ids=["qwen3-coder-xml", "hermes", "fenced-json"],
+)
+def test_calls_written_as_text_are_run(nex_env: NexEnv, text: str) -> None:
+    replies = [{"content": "Let me check.\n" + text, "chunk_size": 7}]
+    with stub_server({"replies": replies, "default": {"content": ANSWER}}, strict=True) as srv:
+        _ok(nex_env, _run(nex_env, srv.url))
+        (result,) = _tool_results(srv.requests)
+        assert srv.rejections == []
+        sent_back = next(m for m in srv.requests[1]["messages"] if m["role"] == "assistant")
+    assert "from-text" in result
+    # The call went back as a call, and its text is gone from the assistant's words.
+    assert sent_back["content"] == "Let me check."
+    assert sent_back["tool_calls"][0]["function"]["name"] == "bash"
+
+
+def _ok(nex_env: NexEnv, result: Result) -> None:
+    _no_traceback(result)
+    assert result.code == 0, result.stderr
+    assert result.stdout == ANSWER + "\n"
+    roles = [m["role"] for m in _journal(nex_env)]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+
+
+# -- the REPL: text already shown is never shown twice -------------------------------------------
+REPL_ANSWER = "alpha bravo charlie delta echo foxtrot"
+
+
+@pytest.mark.tmux
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.parametrize(
+    ("fault", "warning"),
+    [
+        ({"fault": "drop", "after_chunks": 4}, "cut mid-answer"),
+        ({"fault": "hang", "after_chunks": 4}, "stopped sending mid-answer for 2 s"),
+    ],
+    ids=["reset", "hang"],
+)
+def test_repl_retry_mid_stream_shows_the_answer_once(
+    repl,  # noqa: F811
+    nex_env: NexEnv,
+    fault: dict[str, Any],
+    warning: str,
+) -> None:
+    nex_env.env["NEX_IDLE_TIMEOUT"] = IDLE
+    script = {"replies": [{**fault, "content": REPL_ANSWER}], "default": {"content": REPL_ANSWER}}
+    with stub_server(script, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("go")
+        pane.wait("foxtrot")
+        screen = pane.wait_prompt()
+        answer = screen.partition("› go")[2]
+        assert warning in answer
+        # The first attempt showed "alpha bravo charlie"; the retry shows only what follows.
+        for word in REPL_ANSWER.split():
+            assert answer.count(word) == 1, answer
+        assert len(srv.requests) == 2
+
+
+@pytest.mark.tmux
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_repl_error_is_one_line_and_the_repl_goes_on(repl, nex_env: NexEnv) -> None:  # noqa: F811
+    script = {"replies": [{"fault": "status", "status": 401}], "default": {"echo": True}}
+    with stub_server(script, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("first")
+        pane.wait("refused the credentials")
+        pane.wait_prompt()
+        pane.send("second")
+        # The failed turn left "first" unanswered; it is merged with "second", not dropped.
+        screen = pane.wait(lambda s: "echo: first" in s.partition("› second")[2], "the answer")
+        assert screen.count("error: HTTP 401") == 1
+        assert srv.rejections == []

@@ -1,0 +1,184 @@
+"""Every in-process route of the DESIGN §1 table, end to end: `nex` as a subprocess against a
+stub that speaks the route's wire format, one tool round trip each.
+
+The claude: and codex: rows run their CLIs and are covered by the handler tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from stubs.oai import StubServer
+from stubs.ollama import ollama_server
+from tests.conftest import SENTINEL_KEY, NexEnv, Result
+
+pytestmark = pytest.mark.timeout(120)
+
+TOOL_ROUND = {
+    "replies": [
+        {"tool_calls": [{"name": "bash", "arguments": {"command": "echo route-ok"}}]},
+        {"echo": True},
+    ]
+}
+
+
+class HeaderStub(StubServer):
+    """The OpenAI stub, also recording the headers of each chat request."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.headers: list[dict[str, str]] = []
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.headers.append({k.lower(): v for k, v in request.headers.items()})
+        return await super()._chat(request)
+
+
+def _run(nex_env: NexEnv, *args: str) -> Result:
+    return nex_env.run(*args, "--context-window", "32768", "--json", "--autonomous", "hi there")
+
+
+def _assert_tool_round(result: Result, requests: list[dict[str, Any]]) -> None:
+    assert result.code == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    events = result.events
+    tool = next(e for e in events if e["type"] == "tool.result")
+    assert tool["ok"] and "route-ok" in tool["output"]
+    final = [e for e in events if e["type"] == "message" and e.get("final")]
+    assert final[-1]["content"].startswith("echo: hi there")
+    assert len(requests) == 2
+
+
+def _tool_message(body: dict[str, Any]) -> dict[str, Any]:
+    return next(m for m in body["messages"] if m["role"] == "tool")
+
+
+@pytest.mark.parametrize("prefix", ["local", "llamacpp", "vllm"])
+def test_openai_compatible_local_routes(nex_env: NexEnv, prefix: str) -> None:
+    with HeaderStub(TOOL_ROUND, strict=True) as srv:
+        result = _run(nex_env, "-m", f"{prefix}:coder-7b", "-e", srv.base_url)
+        _assert_tool_round(result, srv.requests)
+        assert srv.rejections == []
+        # The prefix is stripped (vLLM reads a colon as a LoRA); no key leaves for a local server.
+        assert {r["model"] for r in srv.requests} == {"coder-7b"}
+        assert "route-ok" in _tool_message(srv.requests[1])["content"]
+        assert all(h["authorization"] == "Bearer sk-no-key-required" for h in srv.headers)
+
+
+def test_openai_route_sends_the_key(nex_env: NexEnv) -> None:
+    nex_env.env["OPENAI_API_KEY"] = SENTINEL_KEY
+    with HeaderStub(TOOL_ROUND, strict=True) as srv:
+        result = _run(nex_env, "-m", "openai:gpt-4.1-mini", "-e", srv.url)
+        _assert_tool_round(result, srv.requests)
+        assert {r["model"] for r in srv.requests} == {"gpt-4.1-mini"}
+        assert all(h["authorization"] == f"Bearer {SENTINEL_KEY}" for h in srv.headers)
+    assert SENTINEL_KEY not in result.stdout + result.stderr
+
+
+def test_openrouter_route_sends_its_key_and_attribution(nex_env: NexEnv) -> None:
+    nex_env.env["OPENROUTER_API_KEY"] = SENTINEL_KEY
+    with HeaderStub(TOOL_ROUND, strict=True) as srv:
+        result = _run(nex_env, "-m", "openrouter:qwen/qwen3-coder", "-e", srv.url)
+        _assert_tool_round(result, srv.requests)
+        assert {r["model"] for r in srv.requests} == {"qwen/qwen3-coder"}
+        for headers in srv.headers:
+            assert headers["authorization"] == f"Bearer {SENTINEL_KEY}"
+            assert headers["http-referer"] == "https://github.com/nexpy/nexpy"
+            assert headers["x-title"] == "nexpy"
+
+
+def test_doctor_names_a_missing_key(nex_env: NexEnv) -> None:
+    with HeaderStub(TOOL_ROUND) as srv:
+        result = nex_env.run("doctor", "-m", "openrouter:qwen/qwen3-coder", "-e", srv.url)
+        assert srv.requests == []
+    assert result.code == 1
+    assert result.stdout.splitlines()[-1] == (
+        "verdict: not usable: key: $OPENROUTER_API_KEY is not set; export OPENROUTER_API_KEY=…"
+    )
+
+
+def test_oai_compat_named_endpoint_with_key_env_and_headers(nex_env: NexEnv) -> None:
+    nex_env.env["BOX_KEY"] = SENTINEL_KEY
+    with HeaderStub(TOOL_ROUND, strict=True) as srv:
+        nex_env.write_config(
+            f'[endpoints.box]\nurl = "{srv.base_url}"\napi_key_env = "BOX_KEY"\n'
+            'headers = { "X-Team" = "nexpy", "X-Trace" = "on" }\n'
+        )
+        result = _run(nex_env, "-m", "oai-compat:team-coder", "-e", "box")
+        _assert_tool_round(result, srv.requests)
+        assert {r["model"] for r in srv.requests} == {"team-coder"}
+        for headers in srv.headers:
+            assert headers["authorization"] == f"Bearer {SENTINEL_KEY}"
+            assert (headers["x-team"], headers["x-trace"]) == ("nexpy", "on")
+    plan = next(line for line in result.stderr.splitlines() if line.startswith("plan:"))
+    assert "endpoint 'box'" in plan and "key=$BOX_KEY (set)" in plan
+
+
+def test_oai_compat_without_an_endpoint_is_a_usage_error(nex_env: NexEnv) -> None:
+    result = nex_env.run("-m", "oai-compat:x", "--autonomous", "hi")
+    assert result.code == 2
+    assert "needs an endpoint" in result.error_lines()[0]
+
+
+@pytest.mark.parametrize("window", [None, "16384"])
+def test_ollama_sends_num_ctx_and_completes_a_tool_round(
+    nex_env: NexEnv, window: str | None
+) -> None:
+    with ollama_server(TOOL_ROUND, context_length=131072) as srv:
+        args = ["-m", "ollama:qwen3:8b", "-e", srv.url]
+        if window:
+            args += ["--context-window", window]
+        result = nex_env.run(*args, "--json", "--autonomous", "hi there")
+        _assert_tool_round(result, srv.requests)
+        # Without a flag the window is discovered from /api/show, capped at the num_ctx sent.
+        assert srv.num_ctx == [int(window or 8192)] * 2
+        assert {r["model"] for r in srv.requests} == {"qwen3:8b"}
+        assert srv.requests[0]["tools"][0]["type"] == "function"
+        # The tool call went back to Ollama in its own shape: arguments as an object.
+        call = next(m for m in srv.requests[1]["messages"] if m.get("tool_calls"))
+        assert call["tool_calls"][0]["function"]["arguments"] == {"command": "echo route-ok"}
+        assert "route-ok" in _tool_message(srv.requests[1])["content"]
+
+
+def test_ollama_host_is_honoured_without_e(nex_env: NexEnv) -> None:
+    with ollama_server(TOOL_ROUND) as srv:
+        nex_env.env["OLLAMA_HOST"] = f"127.0.0.1:{srv.port}"  # Ollama's own form: no scheme
+        result = _run(nex_env, "-m", "ollama:qwen3:8b")
+        _assert_tool_round(result, srv.requests)
+        plan = next(line for line in result.stderr.splitlines() if line.startswith("plan:"))
+        assert f"endpoint=http://127.0.0.1:{srv.port} (from routing table default)" in plan
+
+
+def test_ollama_streaming_text_and_usage(nex_env: NexEnv) -> None:
+    script = {"replies": [{"content": "Ollama says hello in pieces", "chunk_delay": 0.01}]}
+    with ollama_server(script) as srv:
+        result = _run(nex_env, "-m", "ollama:llama3.2", "-e", srv.url)
+        assert result.code == 0, result.stderr
+        events = result.events
+        assert [e["content"] for e in events if e["type"] == "message" and e.get("final")] == [
+            "Ollama says hello in pieces"
+        ]
+        usage = next(e for e in events if e["type"] == "usage")
+        assert usage["completion_tokens"] > 0 and usage["prompt_tokens"] > 0
+        assert srv.requests[0]["stream"] is True
+
+
+def test_stub_route_needs_no_server(nex_env: NexEnv) -> None:
+    result = nex_env.run("-m", "stub:demo", "--json", "--autonomous", "show me")
+    assert result.code == 0, result.stderr
+    assert result.events[-1]["type"] == "session.ended"
+
+
+def test_doctor_passes_on_each_stub_wire_format(nex_env: NexEnv) -> None:
+    with HeaderStub({"default": {"content": "ok"}}, window=4096) as srv:
+        oai = nex_env.run("doctor", "-m", "local:stub-model", "-e", srv.url)
+    with ollama_server({"default": {"content": "ok"}}) as srv:
+        oll = nex_env.run("doctor", "-m", "ollama:stub-model", "-e", srv.url)
+    for result in (oai, oll):
+        assert result.code == 0, result.stdout + result.stderr
+        assert result.stdout.splitlines()[-1].startswith("verdict: usable")
+    assert "4,096 tokens (from the server's /props)" in oai.stdout
+    assert "(from Ollama /api/show" in oll.stdout

@@ -1,0 +1,233 @@
+"""The agent's side of the context budget: compaction before sending, overflow recovery, resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nexpy.agent import OVERFLOW_RETRIES, Agent
+from nexpy.budget import Budget, TokenCounter
+from nexpy.compaction import is_note
+from nexpy.errors import ContextOverflow, LimitReached, TransientError
+from nexpy.events import Emitter
+from nexpy.messages import assistant, normalize, system, tool_result, user
+from nexpy.provider import Reply, TextCallback
+from nexpy.session import Session
+from nexpy.tools import ToolContext, all_tools
+from stubs.strict import validate
+
+COUNTER = TokenCounter()
+Answer = Callable[[list[dict[str, Any]], list[dict[str, Any]] | None], Reply | Exception]
+
+
+class Fake:
+    """A model that answers with `answer(messages, tools)` and records every request."""
+
+    name = "fake"
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.requests: list[tuple[list[dict[str, Any]], bool, int | None]] = []
+
+    async def complete(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        on_text: TextCallback,
+        *,
+        max_tokens: int | None = None,
+    ) -> Reply:
+        self.requests.append((copy.deepcopy(messages), tools is not None, max_tokens))
+        result = self.answer(messages, tools)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def sizes(self, tools: list[dict[str, Any]]) -> list[int]:
+        return [COUNTER.messages(m, tools if t else None) for m, t, _ in self.requests]
+
+    def fit(self, agent: Agent, start: int = 0) -> bool:
+        """Whether each request, with the reply room it asked for, fits the agent's window."""
+        budget = agent.budget
+        return all(
+            size + (max_tokens or 0) <= budget.window - budget.margin
+            for size, (_, _, max_tokens) in zip(
+                self.sizes(agent.schemas)[start:], self.requests[start:], strict=True
+            )
+        )
+
+
+def _agent(tmp_path: Path, model: Fake, budget: Budget, history: list[dict] | None = None):
+    session = Session.create(tmp_path / "home", "s")
+    session.lock()
+    for message in history or []:
+        session.append("message", message=message)
+    events: list[dict] = []
+    agent = Agent(
+        model,
+        session=session,
+        emitter=Emitter("s", [events.append]),
+        tools=all_tools(),
+        ctx=ToolContext(workdir=tmp_path, outputs_dir=session.outputs_dir),
+        budget=budget,
+    )
+    return agent, session, events
+
+
+def _rounds(n: int, output: str = "some output line\n" * 120) -> list[dict]:
+    history: list[dict] = [user("THE TASK: tidy the repo")]
+    for k in range(n):
+        call = {"id": f"c{k}", "type": "function", "function": {"name": "bash", "arguments": "{}"}}
+        history += [assistant(f"step {k}", [call]), tool_result(f"c{k}", output, "bash")]
+    history.append(assistant("Done with the first part."))
+    return history
+
+
+def _answers(text: str = "ok") -> Answer:
+    def answer(messages: list[dict], tools: list[dict] | None) -> Reply:
+        return Reply("Summary: earlier steps ran bash." if tools is None else text)
+
+    return answer
+
+
+async def test_overflow_with_n_ctx_adopts_it_compacts_and_retries(tmp_path: Path) -> None:
+    refused: list[int] = []
+
+    def answer(messages: list[dict], tools: list[dict] | None) -> Reply | Exception:
+        if tools is not None and not refused:
+            refused.append(len(messages))
+            return ContextOverflow("the request does not fit", n_ctx=2048)
+        return _answers()(messages, tools)
+
+    model = Fake(answer)
+    agent, session, events = _agent(tmp_path, model, Budget(None), _rounds(12))
+    assert await agent.send("go on") == "ok"
+    assert agent.budget.window == 2048
+    # The retry (and the summary request) fit what the server said, reply room included.
+    assert model.fit(agent, start=1), model.sizes(agent.schemas)
+    assert model.sizes(agent.schemas)[-1] <= agent.budget.limit
+    assert [max_tokens for *_, max_tokens in model.requests][-1] == 512
+    assert any("2048" in e["message"] for e in events if e["type"] == "warning")
+    assert "compaction" in [e["kind"] for e in session.entries()]
+    assert validate(normalize([system("s"), *session.messages()])) is None
+
+
+async def test_an_overflow_compaction_cannot_relieve_ends_the_run(tmp_path: Path) -> None:
+    model = Fake(lambda m, t: ContextOverflow("too big", n_ctx=None))
+    agent, _, _ = _agent(tmp_path, model, Budget(None))
+    with pytest.raises(LimitReached) as caught:
+        await agent.send("hello")
+    assert caught.value.reason == "context_limit" and caught.value.exit_code == 3
+    assert "context is full" in caught.value.line() and "--context-window" in caught.value.line()
+    assert len(model.requests) <= OVERFLOW_RETRIES + 1
+
+
+async def test_a_resumed_journal_over_the_window_is_compacted_before_sending(
+    tmp_path: Path,
+) -> None:
+    history = _rounds(60)
+    assert COUNTER.messages(history) > 4 * 4096
+    model = Fake(_answers())
+    agent, _, _ = _agent(tmp_path, model, Budget(4096, "flag"), history)
+    assert await agent.send("what is left?") == "ok"
+    assert model.fit(agent), model.sizes(agent.schemas)
+    assert model.sizes(agent.schemas)[-1] <= agent.budget.limit
+    assert [has_tools for _, has_tools, _ in model.requests] == [False, True]  # summary first
+    sent = model.requests[-1][0]
+    assert sent[1]["content"] == "THE TASK: tidy the repo"
+    assert "Summary: earlier steps ran bash." in sent[2]["content"]
+    assert "what is left?" in sent[-1]["content"]
+
+
+async def test_a_summary_that_fails_leaves_a_note_and_the_run_goes_on(tmp_path: Path) -> None:
+    def answer(messages: list[dict], tools: list[dict] | None) -> Reply | Exception:
+        return TransientError("HTTP 503") if tools is None else Reply("ok")
+
+    agent, _, events = _agent(tmp_path, Fake(answer), Budget(4096, "flag"), _rounds(60))
+    assert await agent.send("next") == "ok"
+    assert is_note(agent.history[1]) and "removed" in agent.history[1]["content"]
+    assert any("could not summarize" in e["message"] for e in events if e["type"] == "warning")
+
+
+async def test_compact_now_and_nothing_to_compact(tmp_path: Path) -> None:
+    agent, session, _ = _agent(tmp_path, Fake(_answers()), Budget(32_768, "flag"), _rounds(20))
+    before = COUNTER.messages(agent.history)
+    line = await agent.compact()
+    assert line.startswith("context compacted from"), line
+    assert COUNTER.messages(agent.history) < before // 2
+    steps = [e.get("step") for e in session.entries() if e["kind"] == "compaction"]
+    assert "tool_outputs" in steps
+
+    small, _, _ = _agent(tmp_path / "b", Fake(_answers()), Budget(32_768, "flag"), [user("hi")])
+    assert (await small.compact()).startswith("nothing to compact")
+
+
+async def test_wrap_up_after_the_context_limit_sends_nothing(tmp_path: Path) -> None:
+    model = Fake(_answers())
+    agent, _, _ = _agent(tmp_path, model, Budget(4096, "flag"))
+    assert await agent.wrap_up("context_limit") == ""
+    assert model.requests == [] and agent.history == []
+
+
+async def test_the_servers_usage_corrects_the_estimate(tmp_path: Path) -> None:
+    def answer(messages: list[dict], tools: list[dict] | None) -> Reply:
+        prompt = COUNTER.messages(messages, tools)
+        return Reply("ok", usage={"prompt_tokens": prompt * 13 // 10, "completion_tokens": 1})
+
+    agent, _, _ = _agent(tmp_path, Fake(answer), Budget(32_768, "flag"))
+    for n in range(8):
+        await agent.send(f"message {n}")
+    assert agent.budget.ratio == pytest.approx(1.3, rel=0.02)
+    raw = COUNTER.messages(agent.build_request(agent.schemas), agent.schemas)
+    assert agent.context_used == pytest.approx(raw * 1.3, rel=0.02)
+
+
+async def test_tool_outputs_are_capped_to_a_share_of_the_window(tmp_path: Path) -> None:
+    big, _, _ = _agent(tmp_path / "a", Fake(_answers()), Budget(131_072, "flag"))
+    small, _, _ = _agent(tmp_path / "b", Fake(_answers()), Budget(4096, "flag"))
+    assert big.ctx.output_cap == 16_000  # the tools' own cap
+    assert 1000 <= small.ctx.output_cap < 4000
+    overflow = ContextOverflow("too big", n_ctx=2048)
+    model = Fake(lambda m, t: overflow if len(model.requests) == 1 else Reply("ok"))
+    agent, _, _ = _agent(tmp_path / "c", model, Budget(4096, "flag"))
+    first = agent.ctx.output_cap
+    await agent.send("hi")
+    assert agent.ctx.output_cap < first
+
+
+async def test_window_discovery_runs_once_before_the_first_request(tmp_path: Path) -> None:
+    from nexpy.window import Window
+
+    asked: list[int] = []
+
+    async def window() -> Window:
+        asked.append(1)
+        return Window(
+            8192, "default", warning="the context window is unknown; set --context-window N"
+        )
+
+    session = Session.create(tmp_path / "home", "w")
+    session.lock()
+    events: list[dict] = []
+    agent = Agent(
+        Fake(_answers()),
+        session=session,
+        emitter=Emitter("w", [events.append]),
+        tools=all_tools(),
+        ctx=ToolContext(workdir=tmp_path, outputs_dir=session.outputs_dir),
+        budget=Budget(None),
+        window=window,
+    )
+    await agent.send("one")
+    await agent.send("two")
+    assert asked == [1]
+    warnings = [e["message"] for e in events if e["type"] == "warning"]
+    assert warnings == ["the context window is unknown; set --context-window N"]
+    contexts = [e for e in events if e["type"] == "context"]
+    assert contexts and all(e["window"] == 8192 and e["used"] > 0 for e in contexts)
+    assert json.dumps(contexts)  # plain data, as the --json stream needs
