@@ -45,8 +45,8 @@ demo: $(STAMP)
 test: $(STAMP) peers
 	@command -v tmux >/dev/null || { echo "make test: installing tmux (REPL tier) with apt-get" >&2; \
 		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null; }
-	$(BIN)/ruff check nexpy handlers stubs tests
-	$(BIN)/ruff format --check nexpy handlers stubs tests
+	$(BIN)/ruff check nexpy handlers stubs tests bench
+	$(BIN)/ruff format --check nexpy handlers stubs tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
 
@@ -54,9 +54,17 @@ test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check nexpy handlers stubs tests
-	$(BIN)/ruff format --check nexpy handlers stubs tests
+	$(BIN)/ruff check nexpy handlers stubs tests bench
+	$(BIN)/ruff format --check nexpy handlers stubs tests bench
 	$(BIN)/mypy
+
+# The benchmark suite: nex against stub servers, every figure beside a floor measured in the
+# same run; prints the table and writes bench/results/latest.json. Targets missed do not fail it.
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf .demo .pytest_cache .mypy_cache .ruff_cache

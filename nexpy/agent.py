@@ -94,7 +94,7 @@ class Agent:
         self._raw = 0  # our own count of the last request built, before the drift correction
         self._discover = window  # asked once, before the first request
         self._output_ceiling = ctx.output_cap
-        self._size_outputs()
+        self._sized = False  # tool outputs are sized on the first request: it loads tiktoken
 
     # -- public ---------------------------------------------------------------------------
     @property
@@ -109,14 +109,16 @@ class Agent:
 
     async def ensure_window(self) -> None:
         """Learn the model's context window (flag, config, server, litellm) unless known."""
-        if self._discover is None:
-            return
-        found = await self._discover()
-        self._discover = None
-        self.budget.adopt(found.tokens, found.source)
-        if found.warning:
-            self.emit("warning", message=found.warning)
-        self._size_outputs()
+        if self._discover is not None:
+            found = await self._discover()
+            self._discover = None
+            self.budget.adopt(found.tokens, found.source)
+            if found.warning:
+                self.emit("warning", message=found.warning)
+            self._sized = False
+        if not self._sized:
+            self._size_outputs()
+            self._sized = True
 
     async def clear(self) -> None:
         """Forget the conversation; journaled as a compaction to nothing, so a resume agrees."""
