@@ -17,7 +17,7 @@ NPM_STAMP    := $(PEERS)/.npm-$(shell echo $(NPM_PKGS) | cksum | cut -d' ' -f1)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install -qq --disable-pip-version-check -e '.[test]'
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 install: $(STAMP)
@@ -25,7 +25,7 @@ install: $(STAMP)
 $(LLAMA_STAMP): $(STAMP)
 	@mkdir -p $(PEERS)
 	@echo "make: installing $(LLAMA_PKGS) (a source build: minutes the first time)" >&2
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q --disable-pip-version-check $(LLAMA_PKGS)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -qq --disable-pip-version-check $(LLAMA_PKGS)
 	@touch $@
 
 $(NPM_STAMP):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from nexpy import __version__
 from nexpy.errors import EXIT_INTERRUPTED, NexError, UsageError
@@ -27,33 +29,34 @@ examples:
 exit codes: 0 finished, 1 runtime failure, 2 usage or config error, 3 limit hit, 130 interrupted"""
 
 
-class _Parser(argparse.ArgumentParser):
+class UsageParser(argparse.ArgumentParser):
+    """argparse whose errors are UsageError: one line, exit 2, a hint naming --help."""
+
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message, hint="see nex --help")
+        raise UsageError(message, hint=f"see {self.prog} --help")
 
 
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be positive")
-    return n
+Number = TypeVar("Number", int, float)
 
 
-def _positive_float(value: str) -> float:
-    try:
-        n = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be positive")
-    return n
+def positive(kind: Callable[[str], Number]) -> Callable[[str], Number]:
+    """An argparse `type=` that accepts only a positive int (or float)."""
+    what = "a whole number" if kind is int else "a number"
+
+    def parse(value: str) -> Number:
+        try:
+            n = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not {what}") from None
+        if n <= 0:
+            raise argparse.ArgumentTypeError(f"{value!r} must be positive")
+        return n
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = UsageParser(
         prog="nex",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -75,12 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume the latest session (whose id contains PATTERN)",
     )
     p.add_argument(
-        "--max-turns", type=_positive_int, metavar="N", help="stop after N model requests"
+        "--max-turns", type=positive(int), metavar="N", help="stop after N model requests"
     )
-    p.add_argument("--max-time", type=_positive_float, metavar="SECONDS", help="stop after SECONDS")
+    p.add_argument("--max-time", type=positive(float), metavar="SECONDS", help="stop after SECONDS")
     p.add_argument(
         "--context-window",
-        type=_positive_int,
+        type=positive(int),
         metavar="N",
         help="the model's context window in tokens (else discovered)",
     )
@@ -208,7 +211,7 @@ def _dispatch(argv: list[str]) -> int:
 
 
 def _sessions(argv: list[str]) -> int:
-    parser = _Parser(prog="nex sessions", description="List sessions, newest first.")
+    parser = UsageParser(prog="nex sessions", description="List sessions, newest first.")
     parser.add_argument("--json", action="store_true", help="one JSON object per session")
     args = parser.parse_args(argv)
     import json

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nexpy.errors import ProviderError, UsageError
+from nexpy.errors import ProviderError
 from nexpy.plan import SpawnPlan, SpawnRequest, plan_spawn
 
 OK, FAIL, WARN, INFO, SKIP = "ok", "FAIL", "warn", "info", "skip"
@@ -56,19 +56,20 @@ class Row:
     hint: str = ""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message, hint="see nex doctor --help")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="nex doctor", description="Check that an endpoint and model work with nex.")
+    from nexpy.cli import UsageParser, positive
+
+    p = UsageParser(
+        prog="nex doctor", description="Check that an endpoint and model work with nex."
+    )
     p.add_argument("-m", "--model", help="PROVIDER:MODEL, e.g. local:qwen3-coder")
     p.add_argument("-e", "--endpoint", help="the model server: a URL or a configured name")
-    p.add_argument("--context-window", type=int, metavar="N", help="the window you intend to use")
+    p.add_argument(
+        "--context-window", type=positive(int), metavar="N", help="the window you intend to use"
+    )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=positive(float),
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help=f"per request (default {DEFAULT_TIMEOUT:g})",
@@ -79,10 +80,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Entry point of `nex doctor`; returns the exit code."""
     args = _parser().parse_args(argv)
-    if args.context_window is not None and args.context_window <= 0:
-        raise UsageError(f"--context-window {args.context_window} must be positive")
-    if args.timeout <= 0:
-        raise UsageError(f"--timeout {args.timeout:g} must be positive")
     from pathlib import Path
 
     from nexpy.config import load_config
