@@ -22,21 +22,17 @@ Never imports ``nexpy``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import json
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from stubs.oai import StubServer, _nodelay, count_tokens
-from stubs.responses import read_and_record, serve
-from stubs.script import Script
+from stubs.oai import count_tokens
+from stubs.server import ScriptedServer, ScriptLike, serve_main, status_fault
 
 __all__ = ["AnthropicServer", "anthropic_server", "last_user_text", "main"]
 
@@ -185,41 +181,33 @@ class _Message:
         return out
 
 
-class AnthropicServer(StubServer):
-    """The Messages API on the oai stub's threaded server; requests keep path and headers."""
+class AnthropicServer(ScriptedServer):
+    """The Messages API on a threaded stub server; ``requests`` keep method, path and headers."""
+
+    cli_module = "stubs.anthropic"  # url is base_url, what ANTHROPIC_BASE_URL takes: no /v1
 
     @property
-    def url(self) -> str:
-        """What ANTHROPIC_BASE_URL takes: no ``/v1`` (the client adds it)."""
-        return self.base_url
+    def requests(self) -> list[Any]:
+        """Every request received as {"method", "path", "query", "headers", "body"} (a copy)."""
+        return self.records
 
-    async def _astart(self) -> None:
-        self._stopping = asyncio.Event()
-        app = web.Application(middlewares=[_nodelay], client_max_size=64 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         app.router.add_get("/", self._root)  # aiohttp answers HEAD with the GET handler
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         app.router.add_get("/_stub/requests", self._stub_requests)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
-        self._runner = runner
-        sockets = getattr(site._server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
 
     async def _root(self, request: web.Request) -> web.Response:
         return web.Response(status=200, text="ok")
 
     async def _count_tokens(self, request: web.Request) -> web.Response:
-        body = await read_and_record(self, request)
+        _, body, _ = await self._receive(request)
         messages = body.get("messages") if isinstance(body, dict) else None
         return web.json_response({"input_tokens": count_tokens(json.dumps(messages or []))})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
-        body = await read_and_record(self, request)
-        if not isinstance(body, dict) or "_invalid_json" in body:
+        parsed, body, _ = await self._receive(request)
+        if not parsed or not isinstance(body, dict):
             err = _error_body(400, "the body must be a JSON object")
             return web.json_response(err, status=400)
         reply = self.script.next()
@@ -227,16 +215,7 @@ class AnthropicServer(StubServer):
             await asyncio.sleep(float(reply["delay"]))
         fault = reply.get("fault")
         if fault in ("status", "html"):
-            status = int(reply.get("status") or (500 if fault == "status" else 502))
-            err = reply.get("body")
-            if err is None:
-                err = _error_body(status, f"stub fault: HTTP {status}")
-            text = err if isinstance(err, str) else json.dumps(err)
-            kind = "text/html" if fault == "html" else "application/json"
-            headers = {}
-            if reply.get("retry_after") is not None:
-                headers["Retry-After"] = str(reply["retry_after"])
-            return web.Response(status=status, text=text, content_type=kind, headers=headers)
+            return status_fault(reply, fault, _error_body)
         message = _Message(reply, body, self.script.model)
         if not body.get("stream"):
             if fault == "hang":
@@ -245,10 +224,7 @@ class AnthropicServer(StubServer):
                 return web.Response(status=204)
             return web.json_response(message.whole())
         events = message.events()
-        resp = web.StreamResponse(
-            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await resp.prepare(request)
+        resp = await self._open_stream(request)
         after = int(reply.get("after_chunks") or 0)
         if fault in ("hang", "drop", "malformed", "stream_error"):
             events = events[:after]
@@ -276,30 +252,13 @@ class AnthropicServer(StubServer):
         return resp
 
 
-@contextlib.contextmanager
-def anthropic_server(
-    script: Script | Mapping[str, Any] | list[Any] | None = None, **kw: Any
-) -> Iterator[AnthropicServer]:
-    """``with anthropic_server({...}) as srv:`` — a started server, stopped on exit."""
-    srv = AnthropicServer(script, **kw)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def anthropic_server(script: ScriptLike = None, **kw: Any) -> AnthropicServer:
+    """``with anthropic_server({...}) as srv:`` — a server started on entering, stopped on exit."""
+    return AnthropicServer(script, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m stubs.anthropic", description=__doc__.split("\n")[0]
-    )
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--script", type=Path, help="JSON script file (default: echo every request)")
-    args = ap.parse_args(argv)
-    script = Script.load(args.script) if args.script else Script()
-    srv = AnthropicServer(script, host=args.host, port=args.port).start()
-    return serve(srv, srv.url)
+    return serve_main(AnthropicServer, argv, __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

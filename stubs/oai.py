@@ -25,27 +25,24 @@ llama.cpp's 400 body; a window answers an oversized prompt with the C++ llama-se
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
 import re
-import signal
-import socket
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from stubs.script import Script
+from stubs.server import ScriptedServer, ScriptLike, serve_main
 from stubs.strict import validate
 
 __all__ = ["Script", "StubServer", "count_tokens", "estimate_prompt_tokens", "main", "stub_server"]
@@ -294,8 +291,16 @@ def _dumps(obj: Any) -> bytes:
 # The server.
 
 
-class StubServer:
+class StubServer(ScriptedServer):
     """A scripted OpenAI chat server on its own event loop in a background thread."""
+
+    url_path = "/v1"
+    cli_module = "stubs.oai"
+    cli_options = (
+        ("--strict", {"action": "store_true", "help": "reject what strict templates reject"}),
+        ("--window", {"type": int, "help": "context window in tokens (enables /props)"}),
+        ("--record", {"help": "append each request body to this file as a JSON line"}),
+    )
 
     def __init__(
         self,
@@ -308,52 +313,17 @@ class StubServer:
         port: int = 0,
         chat_template: str = DEFAULT_CHAT_TEMPLATE,
     ) -> None:
-        self.script = script if isinstance(script, Script) else Script.from_obj(script)
+        super().__init__(script, record=record, host=host, port=port)
         self.strict = strict
         self.window = window  # read on every request: tests may change it at runtime
-        self.host = host
-        self.port = port
         self.chat_template = chat_template
-        self._record_path = Path(record) if record else None
-        self._record_file: Any = None
-        self._lock = threading.Lock()
-        self._requests: list[Any] = []
-        self._arrivals: list[float] = []
         self._rejections: list[tuple[int, str]] = []
         self._overflows: list[tuple[int, int]] = []
-        self._call_counter = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._stopping: asyncio.Event | None = None
         # Requests held by a "barrier" reply, and the event that releases them together.
         self._barrier_waiting = 0
         self._barrier_release: asyncio.Event | None = None
-        self._started = time.time()
 
     # -- public -------------------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        """``http://HOST:PORT`` (no ``/v1``)."""
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT/v1``, what an OpenAI client takes as its base URL."""
-        return self.base_url + "/v1"
-
-    @property
-    def requests(self) -> list[Any]:
-        """The chat request bodies received, in order (a copy)."""
-        with self._lock:
-            return list(self._requests)
-
-    @property
-    def arrivals(self) -> list[float]:
-        """``time.time()`` when each chat request arrived, in the order of ``requests``."""
-        with self._lock:
-            return list(self._arrivals)
 
     @property
     def rejections(self) -> list[tuple[int, str]]:
@@ -367,68 +337,7 @@ class StubServer:
         with self._lock:
             return list(self._overflows)
 
-    def start(self) -> StubServer:
-        """Start serving in a background thread; return once the socket is listening."""
-        if self._thread is not None:
-            raise RuntimeError("stub server already started")
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._astart())
-            except BaseException as e:
-                failure.append(e)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="stub-oai", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            self._thread.join()
-            self._thread = None
-            raise failure[0]
-        return self
-
-    def stop(self) -> None:
-        """Stop serving: hanging requests are cut, the socket is closed, the thread joined."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._astop(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        self._thread = None
-        self._loop = None
-        if self._record_file is not None:
-            self._record_file.close()
-            self._record_file = None
-
-    def __enter__(self) -> StubServer:
-        return self.start() if self._thread is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- lifecycle ------------------------------------------------------------------------------
-
-    async def _astart(self) -> None:
-        self._stopping = asyncio.Event()
-        if self._record_path is not None:
-            self._record_file = open(self._record_path, "a", encoding="utf-8")  # noqa: SIM115
-        app = web.Application(middlewares=[_nodelay], client_max_size=64 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         chat = self._chat
         app.router.add_post("/v1/chat/completions", chat)
         app.router.add_post("/chat/completions", chat)
@@ -439,40 +348,6 @@ class StubServer:
         app.router.add_get("/_stub/requests", self._stub_requests)
         app.router.add_get("/_stub/arrivals", self._stub_arrivals)
         app.router.add_get("/_stub/rejections", self._stub_rejections)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
-        self._runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
-
-    async def _astop(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()
-        await asyncio.sleep(0)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    # -- recording ------------------------------------------------------------------------------
-
-    def _record(self, body: Any, arrived: float) -> int:
-        with self._lock:
-            self._requests.append(body)
-            self._arrivals.append(arrived)
-            index = len(self._requests) - 1
-            if self._record_file is not None:
-                self._record_file.write(json.dumps(body) + "\n")
-                self._record_file.flush()
-            return index
-
-    def _next_call_id(self) -> str:
-        with self._lock:
-            self._call_counter += 1
-            return f"call_{self._call_counter}"
 
     # -- handlers -------------------------------------------------------------------------------
 
@@ -507,26 +382,15 @@ class StubServer:
             }
         )
 
-    async def _stub_requests(self, request: web.Request) -> web.Response:
-        return web.json_response(self.requests)
-
-    async def _stub_arrivals(self, request: web.Request) -> web.Response:
-        return web.json_response(self.arrivals)
-
     async def _stub_rejections(self, request: web.Request) -> web.Response:
         return web.json_response([list(r) for r in self.rejections])
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        arrived = time.time()
-        raw = await request.read()
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            self._record({"_invalid_json": raw.decode("utf-8", "replace")}, arrived)
+        parsed, body, index = await self._receive(request)
+        if not parsed:
             return web.json_response(
                 _error_body(400, "Failed to parse the request body as JSON"), status=400
             )
-        index = self._record(body, arrived)
         if not isinstance(body, dict):
             return web.json_response(
                 _error_body(400, "the request body must be a JSON object"), status=400
@@ -604,20 +468,6 @@ class StubServer:
         events.append(b"data: [DONE]\n\n")
         return events
 
-    async def _open_stream(self, request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(
-            status=200,
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
-        )
-        await resp.prepare(request)
-        return resp
-
-    async def _send(self, resp: web.StreamResponse, events: list[bytes], delay: float) -> None:
-        for i, event in enumerate(events):
-            if delay and i:
-                await asyncio.sleep(delay)
-            await resp.write(event)
-
     async def _stream(
         self,
         request: web.Request,
@@ -652,21 +502,6 @@ class StubServer:
         except TimeoutError:
             if self._barrier_release is release:
                 self._barrier_waiting -= 1
-
-    async def _hang(self, request: web.Request) -> None:
-        """Wait until the client goes away or the server stops."""
-        assert self._stopping is not None
-        while not self._stopping.is_set():
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                return
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 0.05)
-
-    def _abort(self, request: web.Request) -> None:
-        transport = request.transport
-        if transport is not None:
-            transport.abort()
 
     async def _fault(
         self,
@@ -759,65 +594,14 @@ class StubServer:
         raise AssertionError(f"unhandled fault {fault!r}")  # Script rejects unknown faults
 
 
-@web.middleware
-async def _nodelay(request: web.Request, handler: Any) -> web.StreamResponse:
-    # aiohttp sets TCP_NODELAY itself; set it again explicitly, since without it every small
-    # response waits ~44 ms for a delayed ACK (DESIGN §8).
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    resp: web.StreamResponse = await handler(request)
-    return resp
-
-
-@contextlib.contextmanager
-def stub_server(
-    script: Script | Mapping[str, Any] | list[Any] | None = None, **kw: Any
-) -> Iterator[StubServer]:
-    """``with stub_server({...}, strict=True) as srv:`` — a started server, stopped on exit."""
-    srv = StubServer(script, **kw)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def stub_server(script: ScriptLike = None, **kw: Any) -> StubServer:
+    """``with stub_server({...}, strict=True) as srv:`` — a server started on entering,
+    stopped on exit."""
+    return StubServer(script, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m stubs.oai", description=__doc__.split("\n")[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--script", help="JSON script file (default: echo every request)")
-    ap.add_argument("--strict", action="store_true", help="reject what strict templates reject")
-    ap.add_argument("--window", type=int, help="context window in tokens (enables /props)")
-    ap.add_argument("--record", help="append each request body to this file as a JSON line")
-    args = ap.parse_args(argv)
-
-    script = Script.load(args.script) if args.script else Script()
-    srv = StubServer(
-        script,
-        strict=args.strict,
-        window=args.window,
-        record=args.record,
-        host=args.host,
-        port=args.port,
-    )
-    done = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    srv.start()
-    sys.stdout.write(srv.url + "\n")
-    sys.stdout.flush()
-    while not done.wait(0.5):
-        pass
-    srv.stop()
-    return 0
+    return serve_main(StubServer, argv, __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

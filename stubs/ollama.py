@@ -20,21 +20,18 @@ arguments as a JSON object, no call id. Never imports ``nexpy``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import json
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from stubs.oai import NGINX_502, StubServer, _Answer, _nodelay, estimate_prompt_tokens
+from stubs.oai import NGINX_502, _Answer, estimate_prompt_tokens
 from stubs.script import Script
+from stubs.server import ScriptedServer, ScriptLike, serve_main
 
 __all__ = ["OllamaServer", "main", "ollama_server"]
 
@@ -50,8 +47,17 @@ def _line(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
-class OllamaServer(StubServer):
-    """A scripted Ollama native-API server on its own event loop in a background thread."""
+class OllamaServer(ScriptedServer):
+    """A scripted Ollama native-API server on its own event loop in a background thread.
+    ``url`` is ``base_url``: Ollama's native API lives under ``/api``, not ``/v1``."""
+
+    cli_module = "stubs.ollama"
+    cli_options = (
+        (
+            "--context-length",
+            {"type": int, "default": 32768, "help": "model_info context length"},
+        ),
+    )
 
     def __init__(
         self,
@@ -64,11 +70,6 @@ class OllamaServer(StubServer):
         super().__init__(script, host=host, port=port)
         self.context_length = context_length
         self._shows: list[Any] = []
-
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT``: Ollama's native API lives under ``/api``, not ``/v1``."""
-        return self.base_url
 
     @property
     def num_ctx(self) -> list[int | None]:
@@ -86,26 +87,12 @@ class OllamaServer(StubServer):
         with self._lock:
             return list(self._shows)
 
-    def _remember(self, body: Any) -> None:
-        with self._lock:
-            self._requests.append(body)
-
-    async def _astart(self) -> None:
-        self._stopping = asyncio.Event()
-        app = web.Application(middlewares=[_nodelay], client_max_size=64 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/api/chat", self._ollama_chat)
         app.router.add_post("/api/show", self._show)
         app.router.add_get("/api/tags", self._tags)
         app.router.add_get("/api/version", self._version)
         app.router.add_get("/", self._root)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
-        self._runner = runner
-        sockets = getattr(site._server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
 
     # -- metadata -------------------------------------------------------------------------------
 
@@ -230,13 +217,9 @@ class OllamaServer(StubServer):
         return out
 
     async def _ollama_chat(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            self._remember({"_invalid_json": raw.decode("utf-8", "replace")})
+        parsed, body, _ = await self._receive(request)
+        if not parsed:
             return web.json_response({"error": "invalid character in request body"}, status=400)
-        self._remember(body)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return web.json_response({"error": "messages must be a list"}, status=400)
         if not body.get("model"):
@@ -259,9 +242,7 @@ class OllamaServer(StubServer):
         return resp
 
     async def _open_ndjson(self, request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(status=200, headers={"Content-Type": NDJSON})
-        await resp.prepare(request)
-        return resp
+        return await self._open_stream(request, NDJSON)
 
     async def _ollama_fault(
         self,
@@ -355,43 +336,13 @@ def _as_openai(body: Mapping[str, Any]) -> dict[str, Any]:
     return {"messages": messages, "tools": body.get("tools")}
 
 
-@contextlib.contextmanager
-def ollama_server(
-    script: Script | Mapping[str, Any] | list[Any] | None = None, **kw: Any
-) -> Iterator[OllamaServer]:
-    """``with ollama_server({...}) as srv:`` — a started server, stopped on exit."""
-    srv = OllamaServer(script, **kw)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def ollama_server(script: ScriptLike = None, **kw: Any) -> OllamaServer:
+    """``with ollama_server({...}) as srv:`` — a server started on entering, stopped on exit."""
+    return OllamaServer(script, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m stubs.ollama", description=__doc__.split("\n")[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--script", help="JSON script file (default: echo every request)")
-    ap.add_argument("--context-length", type=int, default=32768, help="model_info context length")
-    args = ap.parse_args(argv)
-
-    script = Script.load(args.script) if args.script else Script()
-    srv = OllamaServer(script, context_length=args.context_length, host=args.host, port=args.port)
-    done = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    srv.start()
-    sys.stdout.write(srv.url + "\n")
-    sys.stdout.flush()
-    while not done.wait(0.5):
-        pass
-    srv.stop()
-    return 0
+    return serve_main(OllamaServer, argv, __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

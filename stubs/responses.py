@@ -21,23 +21,18 @@ items, faults are the same (``stream_error`` is a ``response.failed`` event). Ne
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import json
-import signal
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from stubs.oai import StubServer, _nodelay, count_tokens
-from stubs.script import Script
+from stubs.oai import count_tokens
+from stubs.server import ScriptedServer, ScriptLike, serve_main, status_fault
 
 __all__ = ["ResponsesServer", "main", "responses_server"]
 
@@ -200,70 +195,36 @@ def _error_body(status: int, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "code": None, "param": None}}
 
 
-async def read_and_record(server: StubServer, request: web.Request) -> Any:
-    """The JSON body of `request`, after recording method, path, query, headers and body in
-    ``server.requests`` (an unparsable body is kept as ``{"_invalid_json": text}``)."""
-    raw = await request.read()
-    try:
-        body: Any = json.loads(raw)
-    except ValueError:
-        body = {"_invalid_json": raw.decode("utf-8", "replace")}
-    entry = {
-        "method": request.method,
-        "path": request.path,
-        "query": request.query_string,
-        "headers": dict(request.headers),
-        "body": body,
-    }
-    with server._lock:
-        server._requests.append(entry)
-    return body
+class ResponsesServer(ScriptedServer):
+    """The Responses API on a threaded stub server; ``requests`` keep method, path and headers."""
 
+    url_path = "/v1"
+    cli_module = "stubs.responses"
 
-class ResponsesServer(StubServer):
-    """The Responses API on the oai stub's threaded server; requests keep path and headers."""
+    @property
+    def requests(self) -> list[Any]:
+        """Every request received as {"method", "path", "query", "headers", "body"} (a copy)."""
+        return self.records
 
-    async def _astart(self) -> None:
-        self._stopping = asyncio.Event()
-        app = web.Application(middlewares=[_nodelay], client_max_size=64 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/responses", self._responses)
         app.router.add_post("/responses", self._responses)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/_stub/requests", self._stub_requests)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
-        self._runner = runner
-        sockets = getattr(site._server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
 
     async def _responses(self, request: web.Request) -> web.StreamResponse:
-        body = await read_and_record(self, request)
-        if not isinstance(body, dict) or "_invalid_json" in body:
+        parsed, body, _ = await self._receive(request)
+        if not parsed or not isinstance(body, dict):
             return web.json_response(_error_body(400, "the body must be a JSON object"), status=400)
         reply = self.script.next()
         if reply.get("delay"):
             await asyncio.sleep(float(reply["delay"]))
         fault = reply.get("fault")
         if fault in ("status", "html"):
-            status = int(reply.get("status") or (500 if fault == "status" else 502))
-            err = reply.get("body")
-            if err is None:
-                err = _error_body(status, f"stub fault: HTTP {status}")
-            text = err if isinstance(err, str) else json.dumps(err)
-            kind = "text/html" if fault == "html" else "application/json"
-            headers = {}
-            if reply.get("retry_after") is not None:
-                headers["Retry-After"] = str(reply["retry_after"])
-            return web.Response(status=status, text=text, content_type=kind, headers=headers)
+            return status_fault(reply, fault, _error_body)
         turn = _Turn(reply, body, self.script.model)
         events = turn.events()
-        resp = web.StreamResponse(
-            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await resp.prepare(request)
+        resp = await self._open_stream(request)
         delay = float(reply.get("chunk_delay") or 0)
         after = int(reply.get("after_chunks") or 0)
         if fault in ("hang", "drop", "malformed", "stream_error"):
@@ -291,43 +252,13 @@ class ResponsesServer(StubServer):
         return web.json_response({"object": "list", "data": [model]})
 
 
-@contextlib.contextmanager
-def responses_server(
-    script: Script | Mapping[str, Any] | list[Any] | None = None, **kw: Any
-) -> Iterator[ResponsesServer]:
-    """``with responses_server({...}) as srv:`` — a started server, stopped on exit."""
-    srv = ResponsesServer(script, **kw)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-def serve(server: StubServer, url: str) -> int:
-    """Print the URL, serve until SIGTERM or SIGINT (the stubs' shared command-line loop)."""
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: done.set())
-    signal.signal(signal.SIGINT, lambda signum, frame: done.set())
-    sys.stdout.write(url + "\n")
-    sys.stdout.flush()
-    while not done.wait(0.5):
-        pass
-    server.stop()
-    return 0
+def responses_server(script: ScriptLike = None, **kw: Any) -> ResponsesServer:
+    """``with responses_server({...}) as srv:`` — a server started on entering, stopped on exit."""
+    return ResponsesServer(script, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m stubs.responses", description=__doc__.split("\n")[0]
-    )
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--script", type=Path, help="JSON script file (default: echo every request)")
-    args = ap.parse_args(argv)
-    script = Script.load(args.script) if args.script else Script()
-    srv = ResponsesServer(script, host=args.host, port=args.port).start()
-    return serve(srv, srv.url)
+    return serve_main(ResponsesServer, argv, __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

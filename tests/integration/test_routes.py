@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from stubs.oai import StubServer
 from stubs.ollama import ollama_server
@@ -23,18 +22,6 @@ TOOL_ROUND = {
         {"echo": True},
     ]
 }
-
-
-class HeaderStub(StubServer):
-    """The OpenAI stub, also recording the headers of each chat request."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.headers: list[dict[str, str]] = []
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        self.headers.append({k.lower(): v for k, v in request.headers.items()})
-        return await super()._chat(request)
 
 
 def _run(nex_env: NexEnv, *args: str) -> Result:
@@ -58,7 +45,7 @@ def _tool_message(body: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("prefix", ["local", "llamacpp", "vllm"])
 def test_openai_compatible_local_routes(nex_env: NexEnv, prefix: str) -> None:
-    with HeaderStub(TOOL_ROUND, strict=True) as srv:
+    with StubServer(TOOL_ROUND, strict=True) as srv:
         result = _run(nex_env, "-m", f"{prefix}:coder-7b", "-e", srv.base_url)
         _assert_tool_round(result, srv.requests)
         assert srv.rejections == []
@@ -70,7 +57,7 @@ def test_openai_compatible_local_routes(nex_env: NexEnv, prefix: str) -> None:
 
 def test_openai_route_sends_the_key(nex_env: NexEnv) -> None:
     nex_env.env["OPENAI_API_KEY"] = SENTINEL_KEY
-    with HeaderStub(TOOL_ROUND, strict=True) as srv:
+    with StubServer(TOOL_ROUND, strict=True) as srv:
         result = _run(nex_env, "-m", "openai:gpt-4.1-mini", "-e", srv.url)
         _assert_tool_round(result, srv.requests)
         assert {r["model"] for r in srv.requests} == {"gpt-4.1-mini"}
@@ -80,7 +67,7 @@ def test_openai_route_sends_the_key(nex_env: NexEnv) -> None:
 
 def test_openrouter_route_sends_its_key_and_attribution(nex_env: NexEnv) -> None:
     nex_env.env["OPENROUTER_API_KEY"] = SENTINEL_KEY
-    with HeaderStub(TOOL_ROUND, strict=True) as srv:
+    with StubServer(TOOL_ROUND, strict=True) as srv:
         result = _run(nex_env, "-m", "openrouter:qwen/qwen3-coder", "-e", srv.url)
         _assert_tool_round(result, srv.requests)
         assert {r["model"] for r in srv.requests} == {"qwen/qwen3-coder"}
@@ -91,7 +78,7 @@ def test_openrouter_route_sends_its_key_and_attribution(nex_env: NexEnv) -> None
 
 
 def test_doctor_names_a_missing_key(nex_env: NexEnv) -> None:
-    with HeaderStub(TOOL_ROUND) as srv:
+    with StubServer(TOOL_ROUND) as srv:
         result = nex_env.run("doctor", "-m", "openrouter:qwen/qwen3-coder", "-e", srv.url)
         assert srv.requests == []
     assert result.code == 1
@@ -102,7 +89,7 @@ def test_doctor_names_a_missing_key(nex_env: NexEnv) -> None:
 
 def test_oai_compat_named_endpoint_with_key_env_and_headers(nex_env: NexEnv) -> None:
     nex_env.env["BOX_KEY"] = SENTINEL_KEY
-    with HeaderStub(TOOL_ROUND, strict=True) as srv:
+    with StubServer(TOOL_ROUND, strict=True) as srv:
         nex_env.write_config(
             f'[endpoints.box]\nurl = "{srv.base_url}"\napi_key_env = "BOX_KEY"\n'
             'headers = { "X-Team" = "nexpy", "X-Trace" = "on" }\n'
@@ -173,7 +160,7 @@ def test_stub_route_needs_no_server(nex_env: NexEnv) -> None:
 
 
 def test_doctor_passes_on_each_stub_wire_format(nex_env: NexEnv) -> None:
-    with HeaderStub({"default": {"content": "ok"}}, window=4096) as srv:
+    with StubServer({"default": {"content": "ok"}}, window=4096) as srv:
         oai = nex_env.run("doctor", "-m", "local:stub-model", "-e", srv.url)
     with ollama_server({"default": {"content": "ok"}}) as srv:
         oll = nex_env.run("doctor", "-m", "ollama:stub-model", "-e", srv.url)

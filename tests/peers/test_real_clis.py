@@ -20,7 +20,7 @@ from handlers.base import STATE_FILE, STDERR_LOG
 from nexpy.config import Config
 from nexpy.plan import SpawnRequest, plan_spawn
 from stubs.anthropic import anthropic_server
-from stubs.oai import StubServer
+from stubs.server import ScriptedServer
 from stubs.responses import responses_server
 from tests.conftest import SENTINEL_KEY, NexEnv, Result
 
@@ -53,7 +53,7 @@ def stub(cli: str, script: Any) -> Any:
     return anthropic_server(script) if cli == "claude" else responses_server(script)
 
 
-def model_requests(srv: StubServer) -> list[dict[str, Any]]:
+def model_requests(srv: ScriptedServer) -> list[dict[str, Any]]:
     """The model requests a stub received (claude also probes the base URL with HEAD /)."""
     return [r for r in srv.requests if r["method"] == "POST"]
 

@@ -190,11 +190,15 @@ async def test_the_servers_usage_corrects_the_estimate(tmp_path: Path) -> None:
 async def test_tool_outputs_are_capped_to_a_share_of_the_window(tmp_path: Path) -> None:
     big, _, _ = _agent(tmp_path / "a", Fake(_answers()), Budget(131_072, "flag"))
     small, _, _ = _agent(tmp_path / "b", Fake(_answers()), Budget(4096, "flag"))
+    # Sizing loads tiktoken, so it happens before the first request, not at construction.
+    await big.ensure_window()
+    await small.ensure_window()
     assert big.ctx.output_cap == 16_000  # the tools' own cap
     assert 1000 <= small.ctx.output_cap < 4000
     overflow = ContextOverflow("too big", n_ctx=2048)
     model = Fake(lambda m, t: overflow if len(model.requests) == 1 else Reply("ok"))
     agent, _, _ = _agent(tmp_path / "c", model, Budget(4096, "flag"))
+    await agent.ensure_window()
     first = agent.ctx.output_cap
     await agent.send("hi")
     assert agent.ctx.output_cap < first
