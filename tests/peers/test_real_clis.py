@@ -20,8 +20,8 @@ from handlers.base import STATE_FILE, STDERR_LOG
 from nexpy.config import Config
 from nexpy.plan import SpawnRequest, plan_spawn
 from stubs.anthropic import anthropic_server
-from stubs.server import ScriptedServer
 from stubs.responses import responses_server
+from stubs.server import ScriptedServer
 from tests.conftest import SENTINEL_KEY, NexEnv, Result
 
 pytestmark = pytest.mark.peer
