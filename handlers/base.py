@@ -16,6 +16,7 @@ the next turn resumes what the CLI saved.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -156,7 +157,7 @@ class Turn:
         self.finished = True
 
 
-class CliHandler:
+class CliHandler(abc.ABC):
     """The Handler protocol over a CLI that runs one agent turn per process."""
 
     name: ClassVar[str]
@@ -190,13 +191,13 @@ class CliHandler:
             )
 
     # -- what a subclass provides ---------------------------------------------------------
+    @abc.abstractmethod
     def command(self, prompt: str, resume: str | None, *, summary: bool) -> list[str]:
         """The argv of one turn (binary included); `summary`: the wrap-up, without tools."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def handle(self, event: dict[str, Any], turn: Turn) -> None:
         """Map one stdout event onto nex events and `turn`; unknown types are ignored."""
-        raise NotImplementedError
 
     def extra_env(self) -> dict[str, str]:
         """Variables the CLI needs beyond its prefixes (read at spawn time, never stored)."""
@@ -236,6 +237,7 @@ class CliHandler:
 
     async def aclose(self) -> None:
         """Nothing to release: every turn's process is gone when its `send` returns."""
+        return
 
     # -- the CLI's conversation id, kept in the session folder ----------------------------
     def conversation_id(self) -> str | None:
