@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.harness import MODEL, NEX, Figure, Launched, Stub, at_least, clean_env, figure
+from bench.harness import Figure, Launched, Stub, at_least, clean_env, figure, nex_argv
 from bench.settings import Context
 from bench.turns import TOOL_CALLS, USAGE, prepare_workdir
 
@@ -58,19 +58,14 @@ def concurrency(ctx: Context) -> list[Figure]:
         with Stub(script, ctx.scratch) as stub:
             procs = [
                 Launched(
-                    [
-                        NEX,
-                        "-m",
-                        f"local:{MODEL}",
-                        "-e",
+                    nex_argv(
                         stub.url,
-                        "-C",
-                        str(work),
+                        work,
                         "--max-turns",
                         str(s.fleet_turns),
                         "--autonomous",
                         f"s{k}: read notes.txt",
-                    ],
+                    ),
                     env,
                     work,
                 )

@@ -28,7 +28,6 @@ import httpx
 
 from bench.harness import (
     MODEL,
-    NEX,
     Figure,
     Stub,
     StubClient,
@@ -37,6 +36,7 @@ from bench.harness import (
     clean_env,
     figure,
     median,
+    nex_argv,
 )
 from bench.harness import run as run_process
 from bench.settings import Context
@@ -281,21 +281,7 @@ def _journal_append(ctx: Context) -> Figure:
 def _subprocess_per_turn(ctx: Context, stub: StubClient, work: Path) -> Figure:
     env = clean_env(ctx.scratch / "proc")
     before = len(stub.arrivals())
-    result = run_process(
-        [
-            NEX,
-            "-m",
-            f"local:{MODEL}",
-            "-e",
-            stub.url,
-            "-C",
-            str(work),
-            "--autonomous",
-            "Look around.",
-        ],
-        env,
-        work,
-    )
+    result = run_process(nex_argv(stub.url, work, "--autonomous", "Look around."), env, work)
     if result.code != 0:
         raise RuntimeError(f"nex --autonomous exited {result.code}: {result.stderr[-600:]}")
     arrivals = stub.arrivals()[before:]

@@ -35,7 +35,7 @@ from nexpy import __version__
 from nexpy.errors import EXIT_INTERRUPTED, EXIT_OK, LimitReached, NexError, UsageError
 from nexpy.events import Event, ProgressSink, describe_call
 from nexpy.plan import SpawnPlan
-from nexpy.runtime import Run, RunOptions
+from nexpy.runtime import Run, RunOptions, cancel_on
 from nexpy.session import Session, list_sessions, state_home, validate_name
 
 PROMPT = "› "
@@ -305,10 +305,13 @@ class Repl:
     async def main(self, first_message: str | None) -> int:
         """Read and answer messages until /quit, Ctrl-D, SIGTERM or SIGHUP; end the run."""
         loop = asyncio.get_running_loop()
-        me = asyncio.current_task()
         saved_sigint = signal.getsignal(signal.SIGINT)
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            loop.add_signal_handler(sig, me.cancel if me else lambda: None)
+        with cancel_on(signal.SIGTERM, signal.SIGHUP):
+            return await self._main(loop, saved_sigint, first_message)
+
+    async def _main(
+        self, loop: asyncio.AbstractEventLoop, saved_sigint: Any, first_message: str | None
+    ) -> int:
         status, reason, code = "failed", "error", EXIT_OK
         try:
             self._install_sigint()
@@ -326,9 +329,8 @@ class Repl:
         except asyncio.CancelledError:
             status, reason, code = "interrupted", "interrupted", EXIT_INTERRUPTED
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                with contextlib.suppress(RuntimeError, ValueError):
-                    loop.remove_signal_handler(sig)
+            with contextlib.suppress(RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGINT)
             # remove_signal_handler resets SIGINT to Python's default; put back what asyncio.run
             # had installed, as prompt-toolkit does after each prompt.
             signal.signal(signal.SIGINT, saved_sigint)

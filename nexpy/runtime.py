@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,15 +162,34 @@ def report(error: NexError, *, verbose: bool = False) -> None:
         traceback.print_exception(error.__cause__, file=sys.stderr)
 
 
+@contextlib.contextmanager
+def cancel_on(*signals: signal.Signals) -> Iterator[None]:
+    """While inside, each of `signals` cancels the current task, so a run ends through its
+    own cleanup (journal `end`, `session.ended`) instead of dying mid-step."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    installed: list[signal.Signals] = []
+    for sig in signals:
+        # No signal support here (not the main thread, or a platform without it): run on.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, task.cancel if task else lambda: None)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
 async def run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> int:
     """Run one task to completion without prompts; return the exit code."""
+    with cancel_on(signal.SIGINT, signal.SIGTERM):
+        return await _run_autonomous(plan, opts, message)
+
+
+async def _run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> int:
     sinks: list[Sink] = [JsonSink()] if opts.json else [ProgressSink(verbose=opts.verbose)]
     run = Run(plan, opts, sinks)
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, task.cancel if task else lambda: None)
     status, reason, code = "completed", "finished", EXIT_OK
     try:
         answer = await run.agent.send(message)
@@ -190,9 +210,6 @@ async def run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> int
         status, reason, code = "interrupted", "interrupted", EXIT_INTERRUPTED
         print("nex: interrupted; resume with --chat or --resume", file=sys.stderr)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
         await run.end(status, reason)
     return code
 
