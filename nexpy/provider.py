@@ -26,6 +26,7 @@ import random
 import re
 import threading
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from nexpy.errors import (
     TransientError,
 )
 from nexpy.plan import SpawnPlan
+from nexpy.routing import OPENAI_COMPATIBLE
 from nexpy.toolcalls import TextCallExtractor, ToolCallAssembler, field_of, tool_parameters
 
 TextCallback = Callable[[str], None]
@@ -95,6 +97,9 @@ def prepare_environment() -> None:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
     os.environ.setdefault("LITELLM_LOG", "ERROR")
+    # litellm scans every message of every request for base64 to shorten in its logs; nex keeps
+    # no litellm logs, and the scan is the largest cost of a request late in a long session.
+    os.environ.setdefault("MAX_BASE64_LENGTH_FOR_LOGGING", "0")
     if "TIKTOKEN_CACHE_DIR" not in os.environ:
         # tiktoken downloads its encodings; litellm ships cl100k/o200k/p50k: use those offline.
         spec = importlib.util.find_spec("litellm")
@@ -139,6 +144,7 @@ def _import() -> None:
         lm.disable_hf_tokenizer_download = True  # token_counter stalls 23 s offline
         lm.telemetry = False
         lm.drop_params = True  # local servers reject params they do not know
+        lm.disable_streaming_logging = True  # per-chunk logging work for callbacks nex never sets
         import logging
 
         logging.getLogger("LiteLLM").setLevel(logging.ERROR)
@@ -471,30 +477,45 @@ class _Dedup:
     A retry that repeats the shown text stays silent until it passes it. One that diverges
     (a sampling model rarely repeats itself) cannot unshow the old text, so it says so once
     and shows its own answer from the start; the journal keeps only the last attempt's text.
+    Each piece costs its own length, not the answer's: a long stream stays linear.
     """
 
     RESTART = "\n[nex: the retried answer differs; it starts again here]\n"
 
     def __init__(self, sink: TextCallback) -> None:
         self.sink = sink
-        self.shown = ""
-        self.attempt_text = ""
+        self.shown: list[str] = []  # what the user has seen, in pieces
+        self.shown_len = 0
+        self.attempt: list[str] = []  # this attempt's text, in pieces
+        self.attempt_len = 0
 
     def new_attempt(self) -> None:
-        self.attempt_text = ""
+        self.attempt, self.attempt_len = [], 0
 
     def __call__(self, piece: str) -> None:
         if not piece:
             return
-        self.attempt_text += piece
-        if self.attempt_text.startswith(self.shown):
-            fresh = self.attempt_text[len(self.shown) :]
-            self.shown = self.attempt_text
-            if fresh:
-                self.sink(fresh)
-        elif not self.shown.startswith(self.attempt_text):
-            self.shown = self.attempt_text
-            self.sink(self.RESTART + self.attempt_text)
+        start = self.attempt_len
+        self.attempt.append(piece)
+        self.attempt_len += len(piece)
+        if start >= self.shown_len:  # past what was shown: the common case, every first attempt
+            self._show(piece)
+            return
+        shown = "".join(self.shown)
+        self.shown = [shown]
+        overlap = shown[start : start + len(piece)]
+        if piece.startswith(overlap):  # still repeating what was shown
+            self._show(piece[len(overlap) :])
+        else:
+            text = "".join(self.attempt)
+            self.shown, self.shown_len = [text], len(text)
+            self.sink(self.RESTART + text)
+
+    def _show(self, fresh: str) -> None:
+        if fresh:
+            self.shown.append(fresh)
+            self.shown_len += len(fresh)
+            self.sink(fresh)
 
 
 class _ReplyReader:
@@ -694,6 +715,8 @@ class LitellmModel:
     ) -> Reply:
         lm = await asyncio.to_thread(litellm)  # never block the loop (Ctrl-C) on the import
         kwargs = self.request_kwargs(messages, tools, stream=stream, max_tokens=max_tokens)
+        if kwargs["model"].startswith(OPENAI_COMPATIBLE):
+            kwargs["client"] = _coalescing_client(self.plan.endpoint)
         try:
             response = await asyncio.wait_for(
                 lm.acompletion(**kwargs), self.connect_timeout + self.idle_timeout
@@ -704,16 +727,16 @@ class LitellmModel:
         if not stream:
             reader.add(response)
             return reader.reply(self.where, "application/json")
+        loop = asyncio.get_running_loop()
         try:
-            iterator = response.__aiter__()
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(iterator.__anext__(), self.idle_timeout)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise stalled(self.where, self.idle_timeout, mid_answer=reader.spoke) from None
-                reader.add(chunk)
+            # One deadline, pushed back at every chunk: a task per chunk (wait_for) costs more
+            # than everything nex does with the chunk.
+            async with asyncio.timeout(self.idle_timeout) as deadline:
+                async for chunk in response:
+                    reader.add(chunk)
+                    deadline.reschedule(loop.time() + self.idle_timeout)
+        except TimeoutError:
+            raise stalled(self.where, self.idle_timeout, mid_answer=reader.spoke) from None
         finally:
             close = getattr(response, "aclose", None)
             if close is not None:
@@ -721,6 +744,35 @@ class LitellmModel:
                     await close()
         headers = getattr(response, "_response_headers", None) or {}
         return reader.reply(self.where, str(headers.get("content-type", "")))
+
+
+_Key = tuple[asyncio.AbstractEventLoop, str | None]
+_clients: dict[_Key, Any] = {}
+
+
+def _coalescing_client(endpoint: str | None) -> Any:
+    """litellm's HTTP handler for the OpenAI-compatible routes, one per event loop (a pool that
+    lasts the session), over a transport that merges text deltas which arrived together and
+    rejects garbled events (nexpy.coalesce). The environment's proxy for `endpoint`, if any, is
+    used as litellm's own client would."""
+    import httpx
+
+    url = httpx.URL(endpoint or "http://127.0.0.1")
+    proxy = None
+    if not urllib.request.proxy_bypass(url.host):
+        proxy = urllib.request.getproxies().get(url.scheme)
+    loop = asyncio.get_running_loop()
+    for key in [k for k in _clients if k[0].is_closed()]:
+        del _clients[key]  # a finished loop's pool is of no use to anyone
+    client = _clients.get((loop, proxy))
+    if client is None:
+        from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
+
+        from nexpy.coalesce import CoalescingTransport
+
+        transport = CoalescingTransport(httpx.AsyncHTTPTransport(retries=0, proxy=proxy))
+        client = _clients[(loop, proxy)] = AsyncHTTPHandler(transport=transport)
+    return client
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:

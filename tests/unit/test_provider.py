@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nexpy.config import Config, EndpointConfig
 from nexpy.errors import (
@@ -259,6 +261,43 @@ def test_dedup_restarts_visibly_when_a_retry_diverges() -> None:
     assert text.count("The answer") == 2  # once per attempt: the second one is different text
 
 
+class _ReferenceDedup:
+    """The rule, stated plainly (and quadratically): the attempt so far against what was shown."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink, self.shown, self.attempt = sink, "", ""
+
+    def new_attempt(self) -> None:
+        self.attempt = ""
+
+    def __call__(self, piece: str) -> None:
+        if not piece:
+            return
+        self.attempt += piece
+        if self.attempt.startswith(self.shown):
+            fresh, self.shown = self.attempt[len(self.shown) :], self.attempt
+            if fresh:
+                self.sink(fresh)
+        elif not self.shown.startswith(self.attempt):
+            self.shown = self.attempt
+            self.sink(_Dedup.RESTART + self.attempt)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(st.text(alphabet="ab", max_size=4), max_size=6), max_size=4))
+def test_dedup_shows_what_the_plain_rule_shows(attempts: list[list[str]]) -> None:
+    ours: list[str] = []
+    ref: list[str] = []
+    fast, slow = _Dedup(ours.append), _ReferenceDedup(ref.append)
+    for pieces in attempts:
+        fast.new_attempt()
+        slow.new_attempt()
+        for piece in pieces:
+            fast(piece)
+            slow(piece)
+    assert "".join(ours) == "".join(ref)
+
+
 class _CutStream(httpx.AsyncByteStream):
     """A 200 stream that sends `head` and then loses its connection."""
 
@@ -470,3 +509,17 @@ def test_idle_timeout_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_server_words(text: str, expected: str) -> None:
     assert server_words(text) == expected
+
+
+# -- a burst of tokens, from a real socket -------------------------------------------------------
+async def test_a_burst_of_tokens_arrives_whole_in_few_pieces() -> None:
+    from stubs.oai import stub_server
+
+    words = [f"w{i} " for i in range(3000)]
+    with stub_server({"default": {"content": "".join(words), "burst": True}}, strict=True) as srv:
+        model, _ = _model(_plan(endpoint=srv.url))
+        pieces: list[str] = []
+        reply = await model.complete([{"role": "user", "content": "go"}], None, pieces.append)
+    assert reply.content == "".join(words) == "".join(pieces)
+    # One piece per token would be 3,000 trips through litellm; what arrived together is merged.
+    assert len(pieces) < len(words) / 10
