@@ -224,6 +224,7 @@ class ProcResult:
     max_rss_mb: float
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0  # its own user + system time
 
 
 def _rss_mb(rusage: Any) -> float:
@@ -265,7 +266,10 @@ class Launched:
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         out = self._read(self._out)
         err = self._read(self._err)
-        return ProcResult(self.proc.returncode, seconds, self.started, _rss_mb(rusage), out, err)
+        cpu = rusage.ru_utime + rusage.ru_stime
+        return ProcResult(
+            self.proc.returncode, seconds, self.started, _rss_mb(rusage), out, err, cpu
+        )
 
     def _kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -274,7 +274,7 @@ def _journal_append(ctx: Context) -> Figure:
         median(ours) * 1e3,
         "ms",
         ("os.write + os.fsync", median(floor) * 1e3),
-        note="a tool turn appends 3 entries",
+        note="a tool turn makes 2 appends: its call, then its result and execution record",
     )
 
 

@@ -414,9 +414,16 @@ class Agent:
         )
 
     # -- persistence: the one place a message enters history and journal ------------------
-    def _record(self, message: dict[str, Any], *, final: bool = True) -> None:
+    def _record(
+        self, message: dict[str, Any], *, final: bool = True, also: dict[str, Any] | None = None
+    ) -> None:
+        """Add `message` to history and journal; `also`: the fields of an entry journaled with
+        it in the same write (one fsync for a tool's result and its execution record)."""
         self.history.append(message)
-        self.session.append("message", message=message)
+        if also is None:
+            self.session.append("message", message=message)
+        else:
+            self.session.append_all(("message", {"message": message}), (also.pop("kind"), also))
         if message["role"] in ("user", "assistant"):
             fields: dict[str, Any] = {"role": message["role"], "content": text_of(message)}
             if message["role"] == "assistant":
@@ -425,16 +432,16 @@ class Agent:
 
     def _record_result(self, call: dict[str, Any], result: ToolResult, seconds: float) -> None:
         name = call["function"]["name"]
-        self._record(tool_result(call["id"], result.output, name))
-        self.session.append(
-            "tool_execution",
-            id=call["id"],
-            name=name,
-            ok=result.ok,
-            truncated=result.truncated,
-            full_path=result.full_path,
-            duration_s=round(seconds, 3),
-        )
+        execution = {
+            "kind": "tool_execution",
+            "id": call["id"],
+            "name": name,
+            "ok": result.ok,
+            "truncated": result.truncated,
+            "full_path": result.full_path,
+            "duration_s": round(seconds, 3),
+        }
+        self._record(tool_result(call["id"], result.output, name), also=execution)
         self.emit(
             "tool.result",
             id=call["id"],

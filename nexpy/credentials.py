@@ -7,6 +7,7 @@ rule codex applies to its shell) is kept out of tool subprocesses, and its value
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ MIN_LENGTH = 8  # shorter values ("1", "true") would redact ordinary text
 REDACTED = "[redacted]"
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every variable at every journal entry
 def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
@@ -24,7 +26,8 @@ def is_secret_name(name: str) -> bool:
 def secret_values(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Secret values mapped to their variable names, longest first (a key may contain another)."""
     env = os.environ if environ is None else environ
-    found = {v: k for k, v in env.items() if is_secret_name(k) and len(v) >= MIN_LENGTH}
+    # Names first (cached verdicts), values only for the secret ones: asked at every journal entry.
+    found = {env[k]: k for k in [k for k in env if is_secret_name(k)] if len(env[k]) >= MIN_LENGTH}
     return dict(sorted(found.items(), key=lambda kv: -len(kv[0])))
 
 

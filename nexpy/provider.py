@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -713,7 +714,8 @@ class LitellmModel:
         *,
         stream: bool,
     ) -> Reply:
-        lm = await asyncio.to_thread(litellm)  # never block the loop (Ctrl-C) on the import
+        # Never block the loop (Ctrl-C) on the import; once loaded, no thread hop per request.
+        lm = _module if _module is not None else await asyncio.to_thread(litellm)
         kwargs = self.request_kwargs(messages, tools, stream=stream, max_tokens=max_tokens)
         if kwargs["model"].startswith(OPENAI_COMPATIBLE):
             kwargs["client"] = _coalescing_client(self.plan.endpoint)
@@ -750,22 +752,29 @@ _Key = tuple[asyncio.AbstractEventLoop, str | None]
 _clients: dict[_Key, Any] = {}
 
 
+@functools.lru_cache(maxsize=64)
+def _proxy_for(endpoint: str | None) -> str | None:
+    """The environment's proxy for `endpoint` (read once: 0.5 ms a look, every request)."""
+    import httpx
+
+    url = httpx.URL(endpoint or "http://127.0.0.1")
+    if urllib.request.proxy_bypass(url.host):
+        return None
+    return urllib.request.getproxies().get(url.scheme)
+
+
 def _coalescing_client(endpoint: str | None) -> Any:
     """litellm's HTTP handler for the OpenAI-compatible routes, one per event loop (a pool that
     lasts the session), over a transport that merges text deltas which arrived together and
     rejects garbled events (nexpy.coalesce). The environment's proxy for `endpoint`, if any, is
     used as litellm's own client would."""
-    import httpx
-
-    url = httpx.URL(endpoint or "http://127.0.0.1")
-    proxy = None
-    if not urllib.request.proxy_bypass(url.host):
-        proxy = urllib.request.getproxies().get(url.scheme)
+    proxy = _proxy_for(endpoint)
     loop = asyncio.get_running_loop()
     for key in [k for k in _clients if k[0].is_closed()]:
         del _clients[key]  # a finished loop's pool is of no use to anyone
     client = _clients.get((loop, proxy))
     if client is None:
+        import httpx
         from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
 
         from nexpy.coalesce import CoalescingTransport

@@ -296,15 +296,21 @@ class Session:
         return self._lock_fd is not None
 
     def append(self, kind: str, **fields: Any) -> dict[str, Any]:
-        """Write one entry durably (write + fsync) and return it.
+        """Write one entry durably (write + fsync) and return it."""
+        return self.append_all((kind, fields))[0]
+
+    def append_all(self, *entries: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """Write entries that belong together (a tool's result and its record) with one write
+        and one fsync, and return them.
 
         Raises ValueError without holding the lock. Secret values (nexpy.credentials) in any string
-        of the entry are redacted: a last line of defence, since nothing should hand a key here.
+        of an entry are redacted: a last line of defence, since nothing should hand a key here.
         """
-        entry: dict[str, Any] = redact_any({"kind": kind, "ts": _now_iso(), **fields})
+        now = _now_iso()
+        written = [redact_any({"kind": kind, "ts": now, **fields}) for kind, fields in entries]
         # Serialize before touching the file so an unserializable field writes nothing.
         # json escapes "\n" inside strings, so one entry is always exactly one line.
-        data = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+        data = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in written).encode("utf-8")
         with self._write_mutex:
             fd = self._journal_fd
             if self._lock_fd is None or fd is None:
@@ -313,16 +319,16 @@ class Session:
             try:
                 view = memoryview(data)
                 while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                    n = os.write(fd, view)
+                    view = view[n:]
                 os.fsync(fd)
             except BaseException:
-                # Cut back to before this entry, so a caller that retries writes it once, and
-                # the next entry never lands after a fragment.
+                # Cut back to before these entries, so a caller that retries writes them once,
+                # and the next entry never lands after a fragment.
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, start)
                 raise
-        return entry
+        return written
 
     def close(self) -> None:
         """Close the journal and release the lock."""
