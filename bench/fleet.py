@@ -3,8 +3,8 @@ latency per request. Ideal throughput is N / latency requests per second; the fi
 fraction of it reached while all N sessions are running turns at once.
 
 Beside it, the ceiling the CPUs set: one session's CPU per request (a long run minus a one-turn
-run, so the launch is not counted) against the CPUs there are. Sessions that need more CPU per
-second than the machine has cannot reach ideal throughput whatever the runtime does with it.
+run, so the launch is not counted) plus the stub's, against the CPUs there are. Sessions that
+need more CPU per second than the machine has cannot reach ideal throughput.
 
 Each session runs tool-call turns until `--max-turns`, then makes its wrap-up request. The stub
 stamps each request's arrival; the session a request belongs to is read from its first user
@@ -20,7 +20,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Figure, Launched, Stub, at_least, clean_env, figure, nex_argv, run
+from bench.harness import (
+    Figure,
+    Launched,
+    Stub,
+    at_least,
+    clean_env,
+    cpu_seconds,
+    figure,
+    nex_argv,
+    run,
+)
 from bench.settings import Context
 from bench.turns import TOOL_CALLS, USAGE, prepare_workdir
 
@@ -53,20 +63,23 @@ def throughput(per_session: list[list[float]], latency: float) -> tuple[float, f
     return total, total / ideal, overlapped
 
 
-def cpu_per_request(work: Path, env: dict[str, str], turns: int) -> float:
-    """CPU seconds one `nex --autonomous` session spends per request, its launch not counted."""
+def cpu_per_request(work: Path, env: dict[str, str], turns: int) -> tuple[float, float]:
+    """CPU seconds per request of one `nex --autonomous` session (its launch not counted) and of
+    the stub serving it."""
     reply = {"tool_calls": [TOOL_CALLS[0]], "usage": USAGE}
-    spent: dict[int, tuple[float, int]] = {}
+    spent: dict[int, tuple[float, float, int]] = {}
     with Stub({"default": reply}, work.parent) as stub:
         for n in (1, turns):
             before = len(stub.arrivals())
+            stub_before = cpu_seconds(stub.proc.pid)
             argv = nex_argv(stub.url, work, "--max-turns", str(n), "--autonomous", "cpu: go")
             result = run(argv, env, work, timeout=300)
             if result.code not in (0, 3):
                 raise RuntimeError(f"nex exited {result.code}: {result.stderr[-600:]}")
-            spent[n] = (result.cpu_seconds, len(stub.arrivals()) - before)
-    (cpu_one, req_one), (cpu_many, req_many) = spent[1], spent[turns]
-    return (cpu_many - cpu_one) / (req_many - req_one)
+            requests = len(stub.arrivals()) - before
+            spent[n] = (result.cpu_seconds, cpu_seconds(stub.proc.pid) - stub_before, requests)
+    (nex_one, _, req_one), (nex_many, stub_many, req_many) = spent[1], spent[turns]
+    return (nex_many - nex_one) / (req_many - req_one), stub_many / req_many
 
 
 def concurrency(ctx: Context) -> list[Figure]:
@@ -76,7 +89,8 @@ def concurrency(ctx: Context) -> list[Figure]:
     reply = {"tool_calls": [TOOL_CALLS[0]], "usage": USAGE, "delay": s.fleet_latency}
     figures: list[Figure] = []
     cpus = os.cpu_count() or 1
-    cpu = cpu_per_request(work, env, max(s.fleet_turns, 4))
+    nex_cpu, stub_cpu = cpu_per_request(work, env, 60)
+    cpu = nex_cpu + stub_cpu
     for n in s.fleet:
         script = {"replies": [{**reply, "barrier": n}] * n, "default": reply}
         with Stub(script, ctx.scratch) as stub:
@@ -106,7 +120,10 @@ def concurrency(ctx: Context) -> list[Figure]:
                 by_session.setdefault(_session_of(body), []).append(at)
             rate, fraction, overlapped = throughput(list(by_session.values()), s.fleet_latency)
             ceiling = min(1.0, cpus / cpu / (n / s.fleet_latency))
-            notes = [f"the CPUs allow {ceiling:.2f}× at {cpu * 1e3:.1f} ms CPU/request"]
+            notes = [
+                f"the CPUs allow {ceiling:.2f}× at {nex_cpu * 1e3:.1f} ms CPU/request in nex "
+                f"+ {stub_cpu * 1e3:.1f} in the stub"
+            ]
             if not overlapped:
                 notes.append("sessions barely overlapped: whole runs used")
             figures.append(
@@ -120,7 +137,8 @@ def concurrency(ctx: Context) -> list[Figure]:
                     target=at_least(0.8) if n >= TARGET_SESSIONS else None,
                     note="; ".join(notes),
                     requests=len(arrivals),
-                    cpu_ms_per_request=cpu * 1e3,
+                    nex_cpu_ms_per_request=nex_cpu * 1e3,
+                    stub_cpu_ms_per_request=stub_cpu * 1e3,
                     cpu_ceiling=ceiling,
                     peak_rss_mb=max(r.max_rss_mb for r in results),
                 )

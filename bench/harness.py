@@ -331,6 +331,12 @@ def _thread_cpu(pid: int) -> float:
         return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far; 0 where /proc is absent."""
+    ticks = _cpu_ticks(pid)
+    return 0.0 if ticks is None else ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_ticks(pid: int) -> int | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

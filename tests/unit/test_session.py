@@ -117,6 +117,24 @@ def test_unserializable_field_writes_nothing(tmp_path: Path) -> None:
     s.close()
 
 
+def test_entries_written_together_land_together_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = _locked(tmp_path)
+    result = {"role": "tool", "tool_call_id": "c1", "content": "ok"}
+    with pytest.raises(TypeError):  # the second entry cannot be written: neither is
+        s.append_all(("message", {"message": result}), ("tool_execution", {"id": object()}))
+    assert s.journal_path.read_bytes() == b""
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
+    s.append_all(("message", {"message": result}), ("tool_execution", {"id": "c1", "ok": True}))
+    assert len(fsyncs) == 1
+    assert [e["kind"] for e in s.entries()] == ["message", "tool_execution"]
+    assert s.messages() == [result]
+    s.close()
+
+
 def test_line_separator_in_content_is_not_a_line_break(tmp_path: Path) -> None:
     s = _locked(tmp_path)
     text = "a\u2028b\u2029c\x85d"
