@@ -8,7 +8,9 @@ glob or grep stops soon instead of running on unseen in the background.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import itertools
 import os
 import re
@@ -38,11 +40,17 @@ class _Stopped(Exception):
     """The awaiting task was cancelled; the worker thread gives up."""
 
 
+# The tools' own threads: litellm queues its request building and logging on the loop's default
+# executor, and a file read waiting behind them would add their time to every tool turn.
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="nex-tool")
+
+
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     """Run `fn(*args, stop)` in a thread; on cancellation set `stop` so the walk ends early."""
     stop = threading.Event()
     try:
-        return await asyncio.to_thread(fn, *args, stop)
+        call = functools.partial(fn, *args, stop)
+        return await asyncio.get_running_loop().run_in_executor(_POOL, call)
     except asyncio.CancelledError:
         stop.set()
         raise
