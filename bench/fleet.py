@@ -2,9 +2,9 @@
 latency per request. Ideal throughput is N / latency requests per second; the figure is the
 fraction of it reached while all N sessions are running turns at once.
 
-Beside it, the ceiling the CPUs set: one session's CPU per request (a long run minus a one-turn
-run, so the launch is not counted) plus the stub's, against the CPUs there are. Sessions that
-need more CPU per second than the machine has cannot reach ideal throughput.
+Beside it, how busy the machine's CPUs were over that window (nex, the stub and everything
+else), and what that makes per request: near 100% busy, the CPUs cannot serve more than
+CPUs / (CPU a request) requests a second, whatever the runtime does.
 
 Each session runs tool-call turns until `--max-turns`, then makes its wrap-up request. The stub
 stamps each request's arrival; the session a request belongs to is read from its first user
@@ -17,20 +17,9 @@ last request, each session's rate from its own requests inside that window.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-from bench.harness import (
-    Figure,
-    Launched,
-    Stub,
-    at_least,
-    clean_env,
-    cpu_seconds,
-    figure,
-    nex_argv,
-    run,
-)
+from bench.harness import CpuMeter, Figure, Launched, Stub, at_least, clean_env, figure, nex_argv
 from bench.settings import Context
 from bench.turns import TOOL_CALLS, USAGE, prepare_workdir
 
@@ -44,8 +33,11 @@ def _session_of(body: dict[str, Any]) -> str:
     return "?"
 
 
-def throughput(per_session: list[list[float]], latency: float) -> tuple[float, float, bool]:
-    """(requests/s, fraction of ideal, whether the sessions overlapped long enough).
+Window = tuple[float, float]
+
+
+def throughput(per_session: list[list[float]], latency: float) -> tuple[float, float, bool, Window]:
+    """(requests/s, fraction of ideal, whether the sessions overlapped long enough, the window).
 
     Rates come from each session's own consecutive requests inside the common window, so the
     window's edges cut no request in half.
@@ -60,26 +52,12 @@ def throughput(per_session: list[list[float]], latency: float) -> tuple[float, f
         inside = [t for t in arrivals if start <= t <= end] if overlapped else arrivals
         if len(inside) >= 2:
             total += (len(inside) - 1) / (inside[-1] - inside[0])
-    return total, total / ideal, overlapped
-
-
-def cpu_per_request(work: Path, env: dict[str, str], turns: int) -> tuple[float, float]:
-    """CPU seconds per request of one `nex --autonomous` session (its launch not counted) and of
-    the stub serving it."""
-    reply = {"tool_calls": [TOOL_CALLS[0]], "usage": USAGE}
-    spent: dict[int, tuple[float, float, int]] = {}
-    with Stub({"default": reply}, work.parent) as stub:
-        for n in (1, turns):
-            before = len(stub.arrivals())
-            stub_before = cpu_seconds(stub.proc.pid)
-            argv = nex_argv(stub.url, work, "--max-turns", str(n), "--autonomous", "cpu: go")
-            result = run(argv, env, work, timeout=300)
-            if result.code not in (0, 3):
-                raise RuntimeError(f"nex exited {result.code}: {result.stderr[-600:]}")
-            requests = len(stub.arrivals()) - before
-            spent[n] = (result.cpu_seconds, cpu_seconds(stub.proc.pid) - stub_before, requests)
-    (nex_one, _, req_one), (nex_many, stub_many, req_many) = spent[1], spent[turns]
-    return (nex_many - nex_one) / (req_many - req_one), stub_many / req_many
+    window = (
+        (start, end)
+        if overlapped
+        else (min(a[0] for a in per_session), max(a[-1] for a in per_session))
+    )
+    return total, total / ideal, overlapped, window
 
 
 def concurrency(ctx: Context) -> list[Figure]:
@@ -88,12 +66,9 @@ def concurrency(ctx: Context) -> list[Figure]:
     env = clean_env(ctx.scratch / "fleet")
     reply = {"tool_calls": [TOOL_CALLS[0]], "usage": USAGE, "delay": s.fleet_latency}
     figures: list[Figure] = []
-    cpus = os.cpu_count() or 1
-    nex_cpu, stub_cpu = cpu_per_request(work, env, 60)
-    cpu = nex_cpu + stub_cpu
     for n in s.fleet:
         script = {"replies": [{**reply, "barrier": n}] * n, "default": reply}
-        with Stub(script, ctx.scratch) as stub:
+        with Stub(script, ctx.scratch) as stub, CpuMeter() as meter:
             procs = [
                 Launched(
                     nex_argv(
@@ -118,12 +93,13 @@ def concurrency(ctx: Context) -> list[Figure]:
             by_session: dict[str, list[float]] = {}
             for body, at in zip(bodies, arrivals, strict=True):
                 by_session.setdefault(_session_of(body), []).append(at)
-            rate, fraction, overlapped = throughput(list(by_session.values()), s.fleet_latency)
-            ceiling = min(1.0, cpus / cpu / (n / s.fleet_latency))
-            notes = [
-                f"the CPUs allow {ceiling:.2f}× at {nex_cpu * 1e3:.1f} ms CPU/request in nex "
-                f"+ {stub_cpu * 1e3:.1f} in the stub"
-            ]
+            sessions = list(by_session.values())
+            rate, fraction, overlapped, window = throughput(sessions, s.fleet_latency)
+            busy = meter.busy(*window)
+            notes = []
+            if busy is not None and rate > 0:
+                cpu_ms = busy * (os.cpu_count() or 1) / rate * 1e3
+                notes.append(f"CPUs {busy:.0%} busy meanwhile, {cpu_ms:.0f} ms of CPU a request")
             if not overlapped:
                 notes.append("sessions barely overlapped: whole runs used")
             figures.append(
@@ -137,9 +113,7 @@ def concurrency(ctx: Context) -> list[Figure]:
                     target=at_least(0.8) if n >= TARGET_SESSIONS else None,
                     note="; ".join(notes),
                     requests=len(arrivals),
-                    nex_cpu_ms_per_request=nex_cpu * 1e3,
-                    stub_cpu_ms_per_request=stub_cpu * 1e3,
-                    cpu_ceiling=ceiling,
+                    cpu_busy=busy,
                     peak_rss_mb=max(r.max_rss_mb for r in results),
                 )
             )

@@ -215,6 +215,43 @@ class Stub(StubClient):
         return self
 
 
+# -- how busy the CPUs are ----------------------------------------------------------------------
+class CpuMeter:
+    """Samples the machine's CPU time (/proc/stat) in a thread, so how busy the CPUs were over
+    any window of a run can be read afterwards. Where /proc/stat is absent it reads nothing."""
+
+    def __init__(self, every: float = 0.1) -> None:
+        self.samples: list[tuple[float, int, int]] = []  # (time.time(), busy, total) jiffies
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+
+    def _run(self, every: float) -> None:
+        while not self._stop.is_set():
+            try:
+                fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+            except OSError:
+                return
+            ticks = [int(f) for f in fields]
+            idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+            self.samples.append((time.time(), sum(ticks) - idle, sum(ticks)))
+            self._stop.wait(every)
+
+    def busy(self, start: float, end: float) -> float | None:
+        """The fraction of all CPUs' time spent busy between `start` and `end` (time.time())."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2 or inside[-1][2] == inside[0][2]:
+            return None
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][2] - inside[0][2])
+
+    def __enter__(self) -> CpuMeter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 # -- timed processes ----------------------------------------------------------------------------
 @dataclass
 class ProcResult:
@@ -224,7 +261,6 @@ class ProcResult:
     max_rss_mb: float
     stdout: str
     stderr: str
-    cpu_seconds: float = 0.0  # its own user + system time
 
 
 def _rss_mb(rusage: Any) -> float:
@@ -266,10 +302,7 @@ class Launched:
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         out = self._read(self._out)
         err = self._read(self._err)
-        cpu = rusage.ru_utime + rusage.ru_stime
-        return ProcResult(
-            self.proc.returncode, seconds, self.started, _rss_mb(rusage), out, err, cpu
-        )
+        return ProcResult(self.proc.returncode, seconds, self.started, _rss_mb(rusage), out, err)
 
     def _kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -329,12 +362,6 @@ def _thread_cpu(pid: int) -> float:
         return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
     except (OSError, ValueError, IndexError):
         return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) a running process has used so far; 0 where /proc is absent."""
-    ticks = _cpu_ticks(pid)
-    return 0.0 if ticks is None else ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_ticks(pid: int) -> int | None:

@@ -6,6 +6,7 @@ No timing is asserted here: targets live in bench/ and are reported, never teste
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from bench.fleet import throughput
-from bench.harness import Stub, at_least, at_most, figure
+from bench.harness import CpuMeter, Stub, at_least, at_most, figure
 from bench.run import table
 from bench.turns import Clock, replay_httpx
 from stubs.oai import stub_server
@@ -63,13 +64,24 @@ def test_throughput_counts_only_the_common_window() -> None:
     # both run, throughput is the ideal 10 requests/s.
     first = [i * 0.2 for i in range(20)]
     second = [1.0 + i * 0.2 for i in range(20)]
-    rate, fraction, overlapped = throughput([first, second], 0.2)
+    rate, fraction, overlapped, window = throughput([first, second], 0.2)
     assert overlapped
+    assert window == (1.0, pytest.approx(3.8))
     assert rate == pytest.approx(10.0)
     assert fraction == pytest.approx(1.0)
     slow = [i * 0.4 for i in range(10)]
-    _, half, _ = throughput([slow], 0.2)
+    _, half, _, _ = throughput([slow], 0.2)
     assert half == pytest.approx(0.5)
+
+
+def test_the_cpu_meter_reads_a_busy_window() -> None:
+    with CpuMeter(every=0.02) as meter:
+        start = time.time()
+        while time.time() - start < 0.3:  # one CPU busy: at least 1/cpus of them all
+            pass
+        end = time.time()
+    busy = meter.busy(start, end)
+    assert busy is not None and 1 / (os.cpu_count() or 1) * 0.8 <= busy <= 1.0
 
 
 def test_targets_mark_pass_and_miss_and_the_table_shows_them() -> None:
