@@ -48,7 +48,7 @@ test: $(STAMP) peers
 	$(BIN)/ruff check nexpy handlers stubs tests bench
 	$(BIN)/ruff format --check nexpy handlers stubs tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -rs -p no:cacheprovider
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

@@ -39,7 +39,7 @@ def nex_argv(url: str, work: Path, *args: str) -> list[str]:
     return [NEX, "-m", f"local:{MODEL}", "-e", url, "-C", str(work), *args]
 
 
-# Set for nex by nexpy.provider.prepare_environment; a litellm baseline gets the same, or it
+# Set for nex by nexpy.litellm_setup.prepare_environment; a litellm baseline gets the same, or it
 # would fetch the cost map over the network and measure that instead.
 LITELLM_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION"}
 

@@ -82,9 +82,10 @@ def _plan(url: str, window: int | None = None) -> Any:
 
 
 def _run(plan: Any, work: Path, home: Path, **opts: Any) -> Any:
+    from nexpy.handler import HandlerOptions
     from nexpy.runtime import Run, RunOptions
 
-    return Run(plan, RunOptions(workdir=work, home=home, yes=True, **opts), sinks=[])
+    return Run(plan, RunOptions(HandlerOptions(work, yes=True), home=home, **opts), sinks=[])
 
 
 async def nex_session(
@@ -161,7 +162,7 @@ async def replay_litellm(
     url: str, litellm_model: str, bodies: list[dict[str, Any]], on_text: Sink | None = None
 ) -> float:
     """Bare `litellm.acompletion`, with only the arguments it needs to make the same request."""
-    from nexpy.provider import litellm
+    from nexpy.litellm_setup import litellm
 
     lm = litellm()
     start = time.perf_counter()
@@ -482,11 +483,11 @@ def _build_request_cost(plan: Any, work: Path, home: Path, name: str) -> float:
     run = _run(plan, work, home, chat=name)
     try:
         agent = run.agent
-        agent.build_request(agent.schemas)  # fills the token cache, as the turns before did
+        agent.context.build(agent.schemas)  # fills the token cache, as the turns before did
         samples = []
         for _ in range(7):
             start = time.perf_counter()
-            agent.build_request(agent.schemas)
+            agent.context.build(agent.schemas)
             samples.append(time.perf_counter() - start)
         return median(samples)
     finally:

@@ -32,13 +32,14 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from nexpy.credentials import redact, scrubbed_env, secret_values
-from nexpy.errors import HandlerError, LimitReached, UsageError
+from nexpy.errors import HandlerError, LimitReached, UsageError, one_line
 from nexpy.events import Emitter, now_iso
 from nexpy.handler import HandlerOptions, TextCallback, Totals
+from nexpy.limits import summary_prompt, turn_limit
 from nexpy.plan import SpawnPlan
 from nexpy.session import Session
 
@@ -57,11 +58,6 @@ STALE_ID = re.compile(
     re.IGNORECASE,
 )
 
-SUMMARY_REQUEST = (
-    "[nex] The run reached its {what} limit. Do not call any tool. Summarize what you did, "
-    "what is left to do, and how to continue."
-)
-
 Check = tuple[str, bool, str]
 
 
@@ -74,11 +70,6 @@ def find_binary(name: str, package: str) -> str:
             hint=f"install it with: npm install -g {package}",
         )
     return path
-
-
-def _one_line(text: str, width: int = 240) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def _exit_status(code: int) -> str:
@@ -210,12 +201,7 @@ class CliHandler(abc.ABC):
 
     async def send(self, text: str, on_text: TextCallback | None = None) -> str:
         """One user message in, the CLI's final answer out."""
-        if self.opts.max_turns is not None and self.totals.turns >= self.opts.max_turns:
-            raise LimitReached(
-                f"turn limit of {self.opts.max_turns} reached",
-                reason="max_turns",
-                hint="raise --max-turns or continue with --chat",
-            )
+        self.opts.limits.check_turns(self.totals.turns)
         self._record("user", text)
         answer = await self._turn(text, on_text, summary=False)
         self._record("assistant", answer)
@@ -223,8 +209,7 @@ class CliHandler(abc.ABC):
 
     async def wrap_up(self, reason: str, on_text: TextCallback | None = None) -> str:
         """After a limit: one more turn, without tools, asking for a summary."""
-        what = {"max_turns": "turn", "max_time": "time"}.get(reason, reason)
-        prompt = SUMMARY_REQUEST.format(what=what)
+        prompt = summary_prompt(reason)
         self._record("user", prompt)
         answer = await self._turn(prompt, on_text, summary=True)
         self._record("assistant", answer)
@@ -280,19 +265,13 @@ class CliHandler(abc.ABC):
             fields["final"] = True
         self.emitter.emit("message", **fields)
 
-    def _deadline(self) -> float | None:
-        if self.opts.max_time is None:
-            return None
-        left = self.opts.max_time - (time.monotonic() - self.started)
-        return asyncio.get_running_loop().time() + max(0.0, left)
-
     async def _turn(self, prompt: str, on_text: TextCallback | None, *, summary: bool) -> str:
         # The wrap-up runs after the time limit hit; the runner bounds it instead.
-        deadline = None if summary else self._deadline()
+        limits = replace(self.opts.limits, max_time=None) if summary else self.opts.limits
         resume = self.conversation_id()
         turn = Turn(self.emitter, on_text)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with limits.deadline(self.started):
                 while True:
                     turn = Turn(self.emitter, on_text)
                     self.emitter.emit("turn.started", turn=self.totals.turns + 1)
@@ -306,14 +285,8 @@ class CliHandler(abc.ABC):
                         resume = None
                         continue
                     break
-        except TimeoutError:
-            if deadline is not None and asyncio.get_running_loop().time() >= deadline:
-                self._keep_partial(turn, "[interrupted: time limit]")
-                raise LimitReached(
-                    f"time limit of {self.opts.max_time:g} s reached",
-                    reason="max_time",
-                    hint="raise --max-time or continue with --chat",
-                ) from None
+        except LimitReached:
+            self._keep_partial(turn, "[interrupted: time limit]")
             raise
         except asyncio.CancelledError:
             self._keep_partial(turn, "[interrupted by the user]")
@@ -349,12 +322,7 @@ class CliHandler(abc.ABC):
     def _outcome(self, turn: Turn, code: int) -> str:
         """The answer, or the one error line this turn ends in."""
         if turn.limit == "max_turns":
-            limit = self.opts.max_turns
-            raise LimitReached(
-                f"turn limit of {limit} reached" if limit else f"{self.name} hit its turn limit",
-                reason="max_turns",
-                hint="raise --max-turns or continue with --chat",
-            )
+            raise turn_limit(self.opts.max_turns, who=self.name)
         if code == 0 and turn.finished and turn.error is None:
             return turn.answer or ""
         if turn.error is None and turn.held is not None:
@@ -362,11 +330,11 @@ class CliHandler(abc.ABC):
         tail = " | ".join(turn.stderr_tail)
         if turn.error is not None or code == 0:
             what = turn.error or "it ended without finishing its turn"
-            detail = f"; last stderr: {_one_line(tail, 400)}" if tail else ""
-            message = f"{self.name} {_exit_status(code)}: {_one_line(what)}{detail}"
+            detail = f"; last stderr: {one_line(tail, 400)}" if tail else ""
+            message = f"{self.name} {_exit_status(code)}: {one_line(what, 240)}{detail}"
         else:
-            said = f": {_one_line(tail, 400)}" if tail else ", with nothing on stderr"
-            message = f"{self.name} {_exit_status(code)}{said}"
+            stderr = f": {one_line(tail, 400)}" if tail else ", with nothing on stderr"
+            message = f"{self.name} {_exit_status(code)}{stderr}"
         raise HandlerError(message, hint=f"its stderr is in {self.log_path}")
 
     # -- the subprocess -----------------------------------------------------------------------
@@ -567,14 +535,14 @@ def doctor_checks(
     checks: list[Check] = [("binary", True, binary)]
     ok, out, err = _run_quiet([binary, *version_args], env)
     # The version is the first line on stdout; codex adds warnings on stderr.
-    version = out.splitlines()[0] if ok and out else _one_line(out + err) or "no output"
+    version = out.splitlines()[0] if ok and out else one_line(out + err, 240) or "no output"
     checks.append(("version", ok, version))
     for probe in probes:
         exited_0, out, err = _run_quiet([binary, *probe.args], env)
         out += err
         ok = bool(re.search(probe.accepted, out)) if probe.accepted else exited_0
         shown = redact(shlex.join([name, *probe.args]))
-        detail = shown if ok else f"{shown}: {_one_line(out) or 'no output'}"
+        detail = shown if ok else f"{shown}: {one_line(out, 240) or 'no output'}"
         checks.append((probe.label, ok, detail))
     if endpoint:
         checks.append(_check_endpoint(endpoint))

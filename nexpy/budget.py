@@ -1,16 +1,15 @@
 """Tokens and the context window: what a request costs and how much of the window it may take.
 
 `TokenCounter` counts with tiktoken's cl100k encoding offline (the files litellm ships), cached
-per text. `RequestBuilder` normalizes and counts only the part of the history that is new since
-the last request, so turn 1000 costs about what turn 10 does. `Budget` turns a window into the
-number of prompt tokens a request may carry:
+per text (nexpy.messages.RequestBuilder counts only what is new each turn, so turn 1000 costs about
+what turn 10 does). `Budget` turns a window into the number of prompt tokens a request may carry:
 
     window − reserved output (max_tokens, at most a quarter of the window) − safety margin
 
 and the system prompt and tool schemas come out of that before any history does. How full the
 room left for history is (the pressure) decides the reminder folded into the last user turn and
-when the compaction ladder (nexpy.compaction) runs. The count is an estimate in cl100k tokens;
-the server's own `usage.prompt_tokens` corrects it (`Budget.observe`).
+when the compaction ladder runs (the policy is nexpy.context's). The count is an estimate in
+cl100k tokens; the server's own `usage.prompt_tokens` corrects it (`Budget.observe`).
 """
 
 from __future__ import annotations
@@ -18,11 +17,9 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any
 
-from nexpy.messages import assistant, normalize, system, user
-from nexpy.provider import prepare_environment
+from nexpy.litellm_setup import prepare_environment
 
 DEFAULT_WINDOW = 8192
 MIN_WINDOW = 512  # below this no system prompt and tool schemas fit; a smaller figure is a typo
@@ -220,207 +217,3 @@ class Budget:
             )
         self.ratio = min(RATIO_RANGE[1], self.ratio * 1.25)
         return f"the server counts more tokens than estimated; correcting by {self.ratio:.2f}×"
-
-
-# Stands in for what lies beyond a segment's edge while it is normalized on its own. No
-# conversation contains it, so a merge into it shows as a changed text.
-_EDGE = "\x00nex: segment edge\x00"
-
-
-class RequestBuilder:
-    """The normalized request for a growing history, built with work proportional to what is new.
-
-    `normalize` is one pass over the whole history, and a history grows by a few messages a
-    turn. The builder keeps the normalized form of a settled prefix ("frozen") and its token
-    count, and normalizes only the rest. A prefix settles at an edge where normalizing both
-    sides apart gives what normalizing the whole gives: before a user message or before an
-    assistant turn that follows tool results, when no turn merges across the edge (checked
-    with stand-in turns on both sides of each segment), no tool message after the edge answers
-    a call before it, and no system message comes after the start. Anything else (a late
-    result, a system note mid-history) is normalized in one full pass. The history must only
-    grow between builds; a replaced or shortened one (compaction, /clear) starts over.
-    """
-
-    def __init__(self, counter: TokenCounter) -> None:
-        self.counter = counter
-        self._system_text: str | None = None
-        self._reset(None, "")
-
-    def _reset(self, history: list[dict[str, Any]] | None, system_text: str) -> None:
-        self._history = history
-        self._system_text = system_text
-        self._system = normalize([system(system_text)])[0]
-        self._system_tokens = self.counter.message(self._system)
-        self._k = 0  # history[:k] is frozen
-        self._last_raw: dict[str, Any] | None = None  # history[k - 1], to notice edits
-        self._frozen: list[dict[str, Any]] = []
-        self._frozen_tokens = 0
-        self._frozen_last_user: int | None = None  # index into _frozen
-        self._built: list[dict[str, Any]] | None = None
-        self._built_last_user: int | None = None
-
-    def system_tokens(self, system_text: str) -> int:
-        """Tokens of the system message for `system_text`."""
-        if system_text != self._system_text:
-            return self.counter.message(normalize([system(system_text)])[0])
-        return self._system_tokens
-
-    def build(
-        self, system_text: str, history: list[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], int]:
-        """The normalized request for `[system, *history]` and its raw token count (no tools).
-
-        The messages of the result are shared with later results: never mutate them.
-        """
-        k = self._k
-        if (
-            history is not self._history
-            or system_text != self._system_text
-            or len(history) < k
-            or (k and history[k - 1] is not self._last_raw)
-        ):
-            self._reset(history, system_text)
-        self._advance(history)
-        tail = self._segment(history, self._k, len(history), closed=False)
-        if tail is None:
-            request = normalize([system(system_text), *history])
-            tokens = self.counter.messages(request)
-            last_user = _last_user(request, 0, len(request))
-        else:
-            request = [self._system, *self._frozen, *tail]
-            tokens = (
-                self._system_tokens
-                + self._frozen_tokens
-                + sum(self.counter.message(m) for m in tail)
-                + PER_REQUEST
-            )
-            last_user = _last_user(request, len(request) - len(tail), len(request))
-            if last_user is None and self._frozen_last_user is not None:
-                last_user = self._frozen_last_user + 1
-        self._built, self._built_last_user = request, last_user
-        return request, tokens
-
-    def fold(self, request: list[dict[str, Any]], notes: Sequence[str]) -> list[dict[str, Any]]:
-        """`request` with `notes` folded into its last user turn, as `normalize` folds reminders.
-
-        Only that one message is replaced (in the list, which is the caller's), so the shared
-        messages stay untouched.
-        """
-        notes = [n for n in notes if n]
-        if not notes:
-            return request
-        pos = self._built_last_user if request is self._built else None
-        if pos is None:
-            pos = _last_user(request, 0, len(request))
-        if pos is None:
-            return normalize(request, reminders=notes)
-        request[pos] = normalize([request[pos]], reminders=notes)[1]
-        return request
-
-    def _advance(self, history: list[dict[str, Any]]) -> None:
-        """Freeze up to the latest edge that settles, if there is a new one."""
-        for j in range(len(history) - 1, self._k, -1):
-            if _edge(history, j):
-                break
-        else:
-            return
-        segment = self._segment(history, self._k, j, closed=True)
-        if segment is None:
-            return
-        last_user = _last_user(segment, 0, len(segment))
-        if last_user is not None:
-            self._frozen_last_user = len(self._frozen) + last_user
-        self._frozen.extend(segment)
-        self._frozen_tokens += sum(self.counter.message(m) for m in segment)
-        self._k = j
-        self._last_raw = history[j - 1]
-
-    def _segment(
-        self, history: list[dict[str, Any]], start: int, end: int, *, closed: bool
-    ) -> list[dict[str, Any]] | None:
-        """history[start:end] normalized as the whole would normalize it, or None if unsure.
-
-        `closed`: the segment is followed by history[end], which opens a new segment.
-        """
-        part = history[start:end]
-        if start and not part:
-            return None
-        calls: set[str] = set()
-        for message in part:
-            if not isinstance(message, dict):
-                return None  # the full pass names the bad message
-            role = message.get("role")
-            if role == "assistant":
-                for call in message.get("tool_calls") or ():
-                    if isinstance(call, dict) and isinstance(call.get("id"), str):
-                        calls.add(call["id"])
-            elif role == "tool":
-                if message.get("tool_call_id") not in calls:
-                    return None  # it may answer a call before the edge
-            elif role != "user":
-                return None  # system notes fold into the system message, far before the edge
-        # A segment that starts on an assistant turn (one normalize keeps: see _edge) gets a
-        # user turn before it standing for what precedes the edge, so no placeholder is invented.
-        lead = bool(start) and part[0].get("role") != "user"
-        messages = [self._system]
-        if lead:
-            messages.append(user(_EDGE))
-        messages.extend(part)
-        if closed:
-            # Stands for what follows. An assistant turn: a plain assistant turn before it merges
-            # into it, visibly, since a kept plain turn always has text of its own.
-            messages.append(assistant(_EDGE))
-        out = normalize(messages)[1:]
-        if lead:
-            if out[0].get("content") != _EDGE:
-                return None
-            out = out[1:]
-        if closed:
-            # normalize ends a request on a user turn: the stand-in is followed by "Continue.".
-            if len(out) < 2 or out[-2].get("content") != _EDGE:
-                return None  # a plain assistant turn would merge with the one after the edge
-            out = out[:-2]
-            if history[end].get("role") == "user" and (not out or out[-1]["role"] == "user"):
-                return None  # a user turn would merge with the one after the edge
-        return out
-
-
-def _edge(history: list[dict[str, Any]], j: int) -> bool:
-    """Whether a frozen prefix may end before history[j] (see RequestBuilder).
-
-    Before a user message, or before an assistant message that follows tool results and that
-    normalize surely keeps (text, or only well-formed calls): a dropped one would let what comes
-    after it merge across the edge.
-    """
-    message = history[j]
-    if not isinstance(message, dict):
-        return False
-    role = message.get("role")
-    if role == "user":
-        return True
-    before = history[j - 1]
-    if role != "assistant" or not isinstance(before, dict) or before.get("role") != "tool":
-        return False
-    content = message.get("content")
-    if isinstance(content, str) and content.strip():
-        return True
-    calls = message.get("tool_calls")
-    return (
-        isinstance(calls, list)
-        and bool(calls)
-        and all(
-            isinstance(c, dict)
-            and c.get("type") in (None, "function")
-            and isinstance(c.get("function"), dict)
-            and isinstance(c["function"].get("name"), str)
-            and bool(c["function"]["name"])
-            for c in calls
-        )
-    )
-
-
-def _last_user(messages: list[dict[str, Any]], lo: int, hi: int) -> int | None:
-    for i in range(hi - 1, lo - 1, -1):
-        if messages[i].get("role") == "user":
-            return i
-    return None

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from nexpy import __version__
-from nexpy.errors import EXIT_INTERRUPTED, NexError, UsageError
+from nexpy.args import UsageParser, positive
+from nexpy.errors import NexError, UsageError
 
 DESCRIPTION = """\
 A local-model-first agent runtime. Pick a model with -m PROVIDER:MODEL and, for a server you
@@ -27,32 +26,6 @@ examples:
   nex -m stub:demo --autonomous "show me what you can do"
   nex sessions | nex doctor -m MODEL [-e URL]
 exit codes: 0 finished, 1 runtime failure, 2 usage or config error, 3 limit hit, 130 interrupted"""
-
-
-class UsageParser(argparse.ArgumentParser):
-    """argparse whose errors are UsageError: one line, exit 2, a hint naming --help."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message, hint=f"see {self.prog} --help")
-
-
-Number = TypeVar("Number", int, float)
-
-
-def positive(kind: Callable[[str], Number]) -> Callable[[str], Number]:
-    """An argparse `type=` that accepts only a positive int (or float)."""
-    what = "a whole number" if kind is int else "a number"
-
-    def parse(value: str) -> Number:
-        try:
-            n = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not {what}") from None
-        if n <= 0:
-            raise argparse.ArgumentTypeError(f"{value!r} must be positive")
-        return n
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,21 +100,25 @@ def main(argv: list[str] | None = None) -> int:
         if "--json" in args_list:
             _json_failure(e)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from nexpy.outcome import outcome_of
+
         print("nex: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return outcome_of(e).code
 
 
 def _json_failure(error: NexError) -> None:
     """A run that failed before it started still ends its event stream with session.ended."""
     from nexpy.events import Emitter, JsonSink
+    from nexpy.outcome import outcome_of
 
+    outcome = outcome_of(error)
     emitter = Emitter(sinks=[JsonSink()])
     emitter.emit("error", kind=error.kind, message=error.line(), retryable=error.retryable)
     emitter.emit(
         "session.ended",
-        status="failed",
-        exit_reason=error.kind,
+        status=outcome.status,
+        exit_reason=outcome.exit_reason,
         turns=0,
         input_tokens=0,
         output_tokens=0,
@@ -170,23 +147,26 @@ def _dispatch(argv: list[str]) -> int:
         print(f"nex: warning: {warning}", file=sys.stderr)
     print(plan.line(), file=sys.stderr, flush=True)
 
-    if plan.handler == "nex" and plan.spec.route.prefix != "stub":
-        from nexpy.provider import start_background_import
+    if plan.spec.route.uses_litellm:
+        from nexpy.litellm_setup import start_background_import
 
         start_background_import()  # the prompt never waits for litellm
 
+    from nexpy.handler import HandlerOptions
     from nexpy.runtime import RunOptions
 
     opts = RunOptions(
-        workdir=workdir,
+        HandlerOptions(
+            workdir=workdir,
+            max_turns=args.max_turns,
+            max_time=args.max_time,
+            read_only=args.read_only,
+            yes=args.yes,
+            system_prompt=_system_prompt(args.system_prompt),
+        ),
         chat=args.chat,
         resume=args.resume,
         json=args.json,
-        max_turns=args.max_turns,
-        max_time=args.max_time,
-        read_only=args.read_only,
-        yes=args.yes,
-        system_prompt=_system_prompt(args.system_prompt),
         verbose=args.verbose,
     )
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
@@ -222,27 +202,14 @@ def _sessions(argv: list[str]) -> int:
     rows = list_sessions(home)
     if args.json:
         for info in rows:
-            print(
-                json.dumps(
-                    {
-                        "id": info.id,
-                        "updated": info.updated.isoformat(),
-                        "model": info.model,
-                        "messages": info.messages,
-                        "status": info.status,
-                        "path": str(info.path),
-                    }
-                )
-            )
+            print(json.dumps(info.as_json()))
         return 0
     if not rows:
         print(f"no sessions under {home}", file=sys.stderr)
         return 0
     width = max(len(r.id) for r in rows)
     for info in rows:
-        when = info.updated.astimezone().strftime("%Y-%m-%d %H:%M")
-        model = info.model or "-"
-        print(f"{info.id:<{width}}  {when}  {info.messages:>4} msgs  {info.status:<12} {model}")
+        print(info.row(width))
     return 0
 
 

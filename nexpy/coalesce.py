@@ -15,12 +15,19 @@ JSON) passes byte for byte, in order. A stream with CR line endings passes whole
 
 A one-line `data:` event that is neither JSON nor `[DONE]` raises json.JSONDecodeError: litellm's
 OpenAI-compatible stream parser would drop it silently and the answer would end short.
+
+`coalescing_client()` hands litellm its HTTP client over this transport: one pool per event loop
+and proxy, so connections last the session (`AsyncHTTPHandler(transport=…)` passed as `client=`
+is the supported place for our own transport under litellm).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import re
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -175,3 +182,35 @@ class CoalescingTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+# -- the client pool ---------------------------------------------------------------------------
+_Key = tuple[asyncio.AbstractEventLoop, str | None]
+_clients: dict[_Key, Any] = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _proxy_for(endpoint: str | None) -> str | None:
+    """The environment's proxy for `endpoint` (read once: 0.5 ms a look, every request)."""
+    url = httpx.URL(endpoint or "http://127.0.0.1")
+    if urllib.request.proxy_bypass(url.host):
+        return None
+    return urllib.request.getproxies().get(url.scheme)
+
+
+def coalescing_client(endpoint: str | None) -> Any:
+    """litellm's HTTP handler for the OpenAI-compatible routes, one per event loop (a pool that
+    lasts the session), over a transport that merges text deltas which arrived together and
+    rejects garbled events (above). The environment's proxy for `endpoint`, if any, is
+    used as litellm's own client would."""
+    proxy = _proxy_for(endpoint)
+    loop = asyncio.get_running_loop()
+    for key in [k for k in _clients if k[0].is_closed()]:
+        del _clients[key]  # a finished loop's pool is of no use to anyone
+    client = _clients.get((loop, proxy))
+    if client is None:
+        from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
+
+        transport = CoalescingTransport(httpx.AsyncHTTPTransport(retries=0, proxy=proxy))
+        client = _clients[(loop, proxy)] = AsyncHTTPHandler(transport=transport)
+    return client

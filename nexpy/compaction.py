@@ -284,7 +284,7 @@ def _covers(message: dict[str, Any]) -> int:
 def _line(message: dict[str, Any]) -> str:
     """One message as a transcript line, cut to TRANSCRIPT_LINE chars."""
     role = message.get("role")
-    text = _short(text_of(message))
+    text = _elide_middle(text_of(message))
     if role == "tool":
         return f"tool result ({message.get('name') or 'tool'}): {text}"
     parts = [f"{role}: {text}"] if text else []
@@ -293,11 +293,11 @@ def _line(message: dict[str, Any]) -> str:
         arguments = fn.get("arguments")
         if not isinstance(arguments, str):
             arguments = json.dumps(arguments, ensure_ascii=False)
-        parts.append(f"{role} called {fn.get('name')}({_short(arguments)})")
+        parts.append(f"{role} called {fn.get('name')}({_elide_middle(arguments)})")
     return "\n".join(parts) or f"{role}: (empty)"
 
 
-def _short(text: str) -> str:
+def _elide_middle(text: str) -> str:
     if len(text) <= TRANSCRIPT_LINE:
         return text
     half = TRANSCRIPT_LINE // 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nexpy.provider import Reply, TextCallback
+from nexpy.reply import Reply, TextCallback
 
 PROGRAM = (
     "import platform\n"

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nexpy.errors import ProviderError
+from nexpy.errors import ProviderError, one_line
 from nexpy.plan import SpawnPlan, SpawnRequest, plan_spawn
 
 OK, FAIL, WARN, INFO, SKIP = "ok", "FAIL", "warn", "info", "skip"
@@ -57,7 +57,7 @@ class Row:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from nexpy.cli import UsageParser, positive
+    from nexpy.args import UsageParser, positive
 
     p = UsageParser(
         prog="nex doctor", description="Check that an endpoint and model work with nex."
@@ -106,7 +106,7 @@ def diagnose(plan: SpawnPlan, *, timeout: float = DEFAULT_TIMEOUT) -> list[Row]:
     """Every check for `plan`, in order; a failed prerequisite skips what depends on it."""
     if plan.handler != "nex":
         return _handler_rows(plan)
-    if plan.spec.route.prefix == "stub":
+    if plan.spec.route.embedded:
         return [Row("model", OK, "the embedded stub model needs no server")]
     return asyncio.run(_Checks(plan, timeout).run())
 
@@ -118,7 +118,7 @@ def render(rows: list[Row]) -> str:
 
 def _handler_rows(plan: SpawnPlan) -> list[Row]:
     try:
-        module = importlib.import_module(f"handlers.{plan.handler}")
+        module = importlib.import_module(plan.spec.route.factory.partition(":")[0])
         check = module.doctor
     except (ImportError, AttributeError) as e:
         return [
@@ -136,17 +136,19 @@ class _Checks:
     """The checks of one in-process route, sharing what earlier ones learned."""
 
     def __init__(self, plan: SpawnPlan, timeout: float) -> None:
+        from nexpy.budget import DEFAULT_WINDOW
         from nexpy.provider import LitellmModel
 
         self.plan = plan
         self.timeout = timeout
-        self.model = LitellmModel(plan, idle_timeout=timeout, max_attempts=2)
+        window = plan.context_window or DEFAULT_WINDOW
+        self.model = LitellmModel(plan, window=window, idle_timeout=timeout, max_attempts=2)
         self.rows: list[Row] = []
         self.latency: list[str] = []
         self.served: Any = None  # the /v1/models (or /api/tags) body
 
     async def run(self) -> list[Row]:
-        from nexpy.provider import start_background_import
+        from nexpy.litellm_setup import start_background_import
 
         start_background_import()  # ready by the time the first completion needs it
         if self.plan.api_key_env and not self.plan.api_key():
@@ -187,10 +189,10 @@ class _Checks:
 
     @property
     def _ollama(self) -> bool:
-        return self.plan.spec.route.prefix == "ollama"
+        return self.plan.spec.route.native_api == "ollama"
 
     async def _reachable(self) -> bool:
-        from nexpy.provider import classify, server_words
+        from nexpy.classify import classify, server_words
 
         url = self._list_url()
         started = time.monotonic()
@@ -205,21 +207,21 @@ class _Checks:
         self.latency.append(f"list models {ms}")
         if response.status_code in (401, 403):
             var = f"${self.plan.api_key_env}" if self.plan.api_key_env else "the endpoint's key"
-            said = server_words(response.text)
+            words = server_words(response.text)
             self.rows.append(
                 Row(
                     "reachable",
                     FAIL,
                     f"HTTP {response.status_code} from {url}: the server refused the credentials "
-                    f"({said})",
+                    f"({words})",
                     hint=f"check {var}",
                 )
             )
             return False
         if response.status_code != 200:
-            said = server_words(response.text)
+            words = server_words(response.text)
             self.rows.append(
-                Row("reachable", WARN, f"{url} answered HTTP {response.status_code} ({said})")
+                Row("reachable", WARN, f"{url} answered HTTP {response.status_code} ({words})")
             )
             return True
         try:
@@ -306,20 +308,20 @@ class _Checks:
         tools: list[dict[str, Any]] | None = None,
         max_tokens: int = 16,
     ) -> Any:
-        from nexpy.provider import litellm
+        from nexpy.litellm_setup import litellm
 
         kwargs = self.model.request_kwargs(messages, tools, stream=False, max_tokens=max_tokens)
         return await asyncio.wait_for(litellm().acompletion(**kwargs), self.timeout + 10)
 
     def _failed(self, what: str, exc: BaseException) -> bool:
-        from nexpy.provider import classify
+        from nexpy.classify import classify
 
         error = classify(exc, self.plan, idle_timeout=self.timeout)
         self.rows.append(Row(what, FAIL, error.message, hint=_own_hint(error.hint)))
         return False
 
     async def _completion(self) -> bool:
-        from nexpy.provider import litellm
+        from nexpy.litellm_setup import litellm
 
         await asyncio.to_thread(litellm)  # its import (seconds) is not the server's latency
         started = time.monotonic()
@@ -403,11 +405,11 @@ class _Checks:
         try:
             await self._request(twice, max_tokens=1)
         except Exception as exc:
-            from nexpy.provider import classify
+            from nexpy.classify import classify
 
-            said = classify(exc, self.plan).message
+            refusal = classify(exc, self.plan).message
             self.rows.append(
-                Row("user turns", INFO, f"two in a row are rejected ({said}); nex merges them")
+                Row("user turns", INFO, f"two in a row are rejected ({refusal}); nex merges them")
             )
             return
         self.rows.append(Row("user turns", INFO, "two in a row are accepted"))
@@ -445,8 +447,7 @@ def _message_text(response: Any) -> str:
 
 
 def _quote(text: str, limit: int = 40) -> str:
-    text = " ".join(text.split())
-    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+    return repr(one_line(text, limit))
 
 
 def _ms(started: float) -> str:

@@ -13,12 +13,23 @@ EXIT_LIMIT = 3
 EXIT_INTERRUPTED = 130
 
 
+def one_line(text: str, width: int = 200) -> str:
+    """`text` on one line (whitespace runs become one space), cut to `width` with an ellipsis."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
 class NexError(Exception):
     """Base: a failure that ends in one line and an exit code."""
 
     exit_code = EXIT_RUNTIME
     kind = "error"
     retryable = False
+
+    @property
+    def exit_reason(self) -> str:
+        """What `session.ended` says ended the run; the kind, unless a subclass knows better."""
+        return self.kind
 
     def __init__(self, message: str, *, hint: str = "") -> None:
         super().__init__(message)
@@ -91,6 +102,7 @@ class ContextOverflow(ProviderError):
 
     kind = "context_overflow"
     exit_code = EXIT_LIMIT
+    exit_reason = "context_limit"
 
     def __init__(self, message: str, *, hint: str = "", n_ctx: int | None = None) -> None:
         super().__init__(message, hint=hint, status=400)
@@ -112,7 +124,6 @@ class LimitReached(NexError):
         super().__init__(message, hint=hint)
         self.reason = reason  # max_turns | max_time | context_limit
 
-
-class Interrupted(NexError):
-    exit_code = EXIT_INTERRUPTED
-    kind = "interrupted"
+    @property
+    def exit_reason(self) -> str:
+        return self.reason

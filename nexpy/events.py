@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 Event = dict[str, Any]
 Sink = Callable[[Event], None]
+Emit = Callable[..., Event]  # Emitter.emit: (type, **fields)
 
 EVENT_TYPES = frozenset(
     {
@@ -43,7 +43,6 @@ class Emitter:
     def __init__(self, session: str = "", sinks: list[Sink] | None = None) -> None:
         self.session = session
         self.sinks: list[Sink] = list(sinks or [])
-        self.started = time.monotonic()
 
     def emit(self, type: str, **fields: Any) -> Event:
         if type not in EVENT_TYPES:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from nexpy.limits import Limits
 
 if TYPE_CHECKING:
     from nexpy.events import Emitter
@@ -39,7 +41,10 @@ class HandlerOptions:
     yes: bool = False
     system_prompt: str | None = None
     confirm: Confirm | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_turns, self.max_time)
 
 
 class Handler(Protocol):
@@ -65,17 +70,25 @@ class Handler(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class ContextControl(Protocol):
+    """A handler that owns its context window (nex's own loop; the CLIs manage theirs)."""
+
+    async def ensure_window(self) -> None:
+        """Learn the model's context window unless known (the REPL asks in the background)."""
+        ...
+
+    async def compact(self) -> str:
+        """Compact the conversation now (the REPL's /compact); what was done, in a line."""
+        ...
+
+
 HandlerFactory = Callable[["SpawnPlan", "Session", "Emitter", HandlerOptions], Handler]
 
-# handler name -> "module:factory". Loaded lazily so claude:/codex: never import litellm.
-FACTORIES = {
-    "nex": "nexpy.agent:create",
-    "claude": "handlers.claude:create",
-    "codex": "handlers.codex:create",
-}
 
-
-def load_factory(name: str) -> HandlerFactory:
-    module, _, attr = FACTORIES[name].partition(":")
+def load_factory(plan: SpawnPlan) -> HandlerFactory:
+    """The factory of the handler that runs `plan`'s route, imported now (so claude:/codex:
+    never import litellm)."""
+    module, _, attr = plan.spec.route.factory.partition(":")
     factory: HandlerFactory = getattr(importlib.import_module(module), attr)
     return factory

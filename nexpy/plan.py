@@ -102,7 +102,11 @@ def _looks_like_url(value: str) -> bool:
 def plan_spawn(
     request: SpawnRequest, config: Config, environ: Mapping[str, str] | None = None
 ) -> SpawnPlan:
-    """Decide handler, model, endpoint, key, window and the provenance of each."""
+    """Decide handler, model, endpoint, key, window and the provenance of each.
+
+    The one place that decides which route, and so which handler, runs: the model's prefix, or
+    a configured endpoint's `provider` for a bare model name (nexpy.routing holds the table).
+    """
     env = os.environ if environ is None else environ
     prov: dict[str, str] = {}
     warnings: list[str] = []
@@ -172,7 +176,7 @@ def plan_spawn(
     # The stub needs no server; the CLIs own their auth and only take an endpoint given for
     # this run (a configured default endpoint is for nex's own loop).
     cli_default = route.handler != "nex" and named is None and ep_source != "-e"
-    if route.prefix == "stub" or cli_default:
+    if route.embedded or cli_default:
         endpoint = None
     elif raw is None:
         if route.needs_endpoint:
@@ -195,9 +199,8 @@ def plan_spawn(
     if named is not None:
         api_key_env = named.api_key_env or api_key_env
         headers = dict(named.headers)
-    if route.prefix == "openrouter":
-        headers.setdefault("HTTP-Referer", "https://github.com/nexpy/nexpy")
-        headers.setdefault("X-Title", "nexpy")
+    for name, value in route.headers:
+        headers.setdefault(name, value)
 
     window, prov["context_window"] = _first(
         (request.context_window, "--context-window"),
@@ -214,7 +217,7 @@ def plan_spawn(
         provenance=prov,
         warnings=warnings,
     )
-    if plan.handler in ("claude", "codex"):
+    if plan.handler != "nex":
         plan.argv, plan.env = _cli_command(plan)
     return plan
 

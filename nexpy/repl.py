@@ -22,7 +22,6 @@ import sys
 import termios
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, TextIO
 
 from prompt_toolkit import PromptSession
@@ -32,11 +31,13 @@ from prompt_toolkit.styles import Style
 from prompt_toolkit.utils import get_cwidth
 
 from nexpy import __version__
-from nexpy.errors import EXIT_INTERRUPTED, EXIT_OK, LimitReached, NexError, UsageError
+from nexpy.errors import LimitReached, NexError, UsageError
 from nexpy.events import Event, ProgressSink, describe_call
+from nexpy.handler import ContextControl
+from nexpy.outcome import outcome_of
 from nexpy.plan import SpawnPlan
 from nexpy.runtime import Run, RunOptions, cancel_on
-from nexpy.session import Session, list_sessions, state_home, validate_name
+from nexpy.session import copy_session, list_sessions, state_home, validate_name
 
 PROMPT = "› "
 HISTORY_FILE = "repl_history"
@@ -248,22 +249,6 @@ def _no_echo(stream: TextIO) -> Iterator[None]:
             termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
-def copy_session(source: Session, home: Path, name: str) -> Session:
-    """Copy `source`'s journal and tool outputs into a new session NAME; never overwrite one.
-
-    The copy gets an `end` entry saying where it came from, so `nex sessions` lists it as
-    saved rather than as an interrupted run.
-    """
-    target = Session.create(home, name)  # atomic: a UsageError if NAME exists
-    shutil.copyfile(source.journal_path, target.journal_path)
-    if source.outputs_dir.is_dir():
-        shutil.copytree(source.outputs_dir, target.outputs_dir, dirs_exist_ok=True)
-    with target:
-        target.lock()
-        target.append("end", status="saved", exit_reason="saved", saved_from=source.id)
-    return target
-
-
 # -- the REPL ----------------------------------------------------------------------------------
 CommandHandler = Callable[["Repl", str], Awaitable[bool]]
 
@@ -312,30 +297,30 @@ class Repl:
     async def _main(
         self, loop: asyncio.AbstractEventLoop, saved_sigint: Any, first_message: str | None
     ) -> int:
-        status, reason, code = "failed", "error", EXIT_OK
+        outcome = outcome_of(None, finished="user_exit")
         try:
             self._install_sigint()
             self.banner()
             # Learn the real window in the background so the status bar shows it; the prompt
             # never waits on a server probe.
-            ensure_window = getattr(self.run.agent, "ensure_window", None)
-            if ensure_window is not None:
-                self._window_probe = asyncio.create_task(ensure_window())
+            if isinstance(self.run.agent, ContextControl):
+                self._window_probe = asyncio.create_task(self.run.agent.ensure_window())
             if first_message and first_message.strip():
                 self.terminal.say(PROMPT + first_message)
                 await self.send(first_message)
             await self._read_loop()
-            status, reason = "completed", "user_exit"
-        except asyncio.CancelledError:
-            status, reason, code = "interrupted", "interrupted", EXIT_INTERRUPTED
+        except BaseException as e:  # Ctrl-C, SIGTERM/SIGHUP, or a bug: never a completion
+            outcome = outcome_of(e)
+            if not isinstance(e, asyncio.CancelledError):
+                raise
         finally:
             with contextlib.suppress(RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGINT)
             # remove_signal_handler resets SIGINT to Python's default; put back what asyncio.run
             # had installed, as prompt-toolkit does after each prompt.
             signal.signal(signal.SIGINT, saved_sigint)
-            await self.run.end(status, reason)
-        return code
+            await self.run.end(outcome)
+        return outcome.code
 
     async def _read_loop(self) -> None:
         while True:
@@ -463,11 +448,10 @@ class Repl:
 
     async def cmd_compact(self, arg: str) -> bool:
         # Only nex's own loop owns its context; the wrapped CLIs manage theirs.
-        compact = getattr(self.run.agent, "compact", None)
-        if compact is None:
+        if not isinstance(self.run.agent, ContextControl):
             self.terminal.say(f"/compact: the {self.plan.handler} CLI manages its own context")
             return False
-        self.terminal.say(await compact())
+        self.terminal.say(await self.run.agent.compact())
         return False
 
     async def cmd_tokens(self, arg: str) -> bool:
@@ -512,7 +496,7 @@ class Repl:
         # leaves the person where they were.
         opts = replace(self.opts, chat=name, resume=None)
         new = Run(self.plan, opts, sinks=[self.sink], confirm=self.confirm)
-        await self.run.end("completed", "switched")
+        await self.run.end(outcome_of(None, finished="switched"))
         self.run, self.opts = new, opts
         count = len(new.session.messages())
         self.terminal.say(f"switched to session {name} ({count} messages)")
@@ -527,11 +511,7 @@ class Repl:
         lines = []
         for info in rows[:20]:
             mark = "*" if info.id == self.run.session.id else " "
-            when = info.updated.astimezone().strftime("%Y-%m-%d %H:%M")
-            lines.append(
-                f"{mark} {info.id:<{width}}  {when}  {info.messages:>4} msgs  "
-                f"{info.status:<14} {info.model or '-'}"
-            )
+            lines.append(f"{mark} {info.row(width)}")
         if len(rows) > 20:
             lines.append(f"  … {len(rows) - 20} older (nex sessions lists all)")
         self.terminal.say("\n".join(lines))

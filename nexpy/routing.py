@@ -1,7 +1,10 @@
 """The one provider → handler table (DESIGN §1) and the model-spec parser that reads it.
 
-`handler_for_model()` is the single source of truth for which handler runs a model; nothing
-else in nexpy decides it.
+Everything that differs between routes is a field of its `Route`: which handler runs it (and
+the module that builds that handler), what litellm is told, the default endpoint, the key, the
+native API it speaks, the headers it sends. Code elsewhere reads these fields; it never branches
+on a prefix. `nexpy.plan.plan_spawn` is what picks the route of a run (a configured endpoint's
+`provider` can give a bare model name its prefix), and so the handler.
 """
 
 from __future__ import annotations
@@ -12,22 +15,49 @@ from dataclasses import dataclass
 
 from nexpy.errors import UsageError
 
-
-@dataclass(frozen=True)
-class Route:
-    prefix: str
-    handler: str  # "nex" | "claude" | "codex"
-    litellm_prefix: str | None  # what litellm is told; None for CLI handlers and the stub
-    default_endpoint: str | None
-    key_env: str | None = None
-    needs_endpoint: bool = False
-    add_v1: bool = True  # a bare URL gets /v1 (not for Ollama's native API)
-
+# handler -> "module:factory" building it. Imported lazily, so claude:/codex: never load litellm.
+HANDLERS = {
+    "nex": "nexpy.agent:create",
+    "claude": "handlers.claude:create",
+    "codex": "handlers.codex:create",
+}
 
 # litellm's own OpenAI-compatible client (its httpx handler, no openai SDK underneath): per request
 # 2x cheaper than `openai/` on a loopback stub, and its cost stays near flat as a session grows
 # (the SDK re-walks every message of the request on every call). bench/ measures both.
 OPENAI_COMPATIBLE = "hosted_vllm/"
+
+
+@dataclass(frozen=True)
+class Route:
+    prefix: str
+    handler: str  # a key of HANDLERS
+    litellm_prefix: str | None  # what litellm is told; None for CLI handlers and the stub
+    default_endpoint: str | None
+    key_env: str | None = None
+    needs_endpoint: bool = False
+    add_v1: bool = True  # a bare URL gets /v1 (not for Ollama's native API)
+    embedded: bool = False  # the model runs inside nex: no server, no litellm
+    native_api: str | None = None  # "ollama": /api/chat, /api/show; None: OpenAI-style /v1
+    endpoint_env: str | None = None  # a variable naming the server, beating default_endpoint
+    window_param: str | None = None  # the request field that sets the server's window
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request, unless configured
+    model_optional: bool = False  # the CLI picks its own default model
+
+    @property
+    def factory(self) -> str:
+        """ "module:factory" of the handler that runs this route."""
+        return HANDLERS[self.handler]
+
+    @property
+    def uses_litellm(self) -> bool:
+        return self.litellm_prefix is not None
+
+    @property
+    def coalesces(self) -> bool:
+        """Whether nex's own transport (nexpy.coalesce) goes under litellm's client here."""
+        return self.litellm_prefix == OPENAI_COMPATIBLE
+
 
 ROUTES: dict[str, Route] = {
     r.prefix: r
@@ -35,19 +65,31 @@ ROUTES: dict[str, Route] = {
         Route("local", "nex", OPENAI_COMPATIBLE, "http://127.0.0.1:8080/v1"),
         Route("llamacpp", "nex", OPENAI_COMPATIBLE, "http://127.0.0.1:8080/v1"),
         Route("vllm", "nex", OPENAI_COMPATIBLE, "http://127.0.0.1:8000/v1"),
-        Route("ollama", "nex", "ollama_chat/", "http://127.0.0.1:11434", add_v1=False),
+        Route(
+            "ollama",
+            "nex",
+            "ollama_chat/",
+            "http://127.0.0.1:11434",
+            add_v1=False,
+            native_api="ollama",
+            endpoint_env="OLLAMA_HOST",
+            # Ollama's own default window is 2–4 K tokens, and it silently drops the start of a
+            # longer prompt: nex asks for the window it budgets against.
+            window_param="num_ctx",
+        ),
         Route(
             "openrouter",
             "nex",
             "openrouter/",
             "https://openrouter.ai/api/v1",
             key_env="OPENROUTER_API_KEY",
+            headers=(("HTTP-Referer", "https://github.com/nexpy/nexpy"), ("X-Title", "nexpy")),
         ),
         Route("openai", "nex", "openai/", "https://api.openai.com/v1", key_env="OPENAI_API_KEY"),
         Route("oai-compat", "nex", OPENAI_COMPATIBLE, None, needs_endpoint=True),
-        Route("stub", "nex", None, None),
-        Route("claude", "claude", None, None),
-        Route("codex", "codex", None, None),
+        Route("stub", "nex", None, None, embedded=True),
+        Route("claude", "claude", None, None, model_optional=True),
+        Route("codex", "codex", None, None, model_optional=True),
     )
 }
 
@@ -101,7 +143,7 @@ def parse_model(spec: str) -> ModelSpec:
         raise UsageError("empty model name", hint="pass -m PROVIDER:MODEL, e.g. -m local:qwen3")
     head, sep, rest = spec.partition(":")
     if sep and head.lower() in ROUTES:
-        if not rest and head.lower() not in ("claude", "codex"):
+        if not rest and not ROUTES[head.lower()].model_optional:
             raise UsageError(
                 f"model spec {spec!r} names a provider but no model",
                 hint=f"write -m {head}:MODEL",
@@ -115,11 +157,6 @@ def parse_model(spec: str) -> ModelSpec:
     return ModelSpec(ROUTES[DEFAULT_PREFIX], spec, explicit_prefix=False)
 
 
-def handler_for_model(spec: str) -> str:
-    """Which handler runs this model: "nex", "claude" or "codex"."""
-    return parse_model(spec).handler
-
-
 # -x/--executor is a deprecated alias kept for old scripts; it only ever selects a prefix.
 EXECUTOR_PREFIX = {
     "nex": "local",
@@ -131,7 +168,8 @@ EXECUTOR_PREFIX = {
 
 
 def default_endpoint(route: Route) -> str | None:
-    if route.prefix == "ollama" and os.environ.get("OLLAMA_HOST"):
-        host = os.environ["OLLAMA_HOST"]
+    """The route's server when none is given: its variable (OLLAMA_HOST), else the table's."""
+    host = os.environ.get(route.endpoint_env) if route.endpoint_env else None
+    if host:
         return host if "://" in host else f"http://{host}"
     return route.default_endpoint

@@ -14,13 +14,14 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nexpy.errors import EXIT_INTERRUPTED, EXIT_OK, LimitReached, NexError
+from nexpy.errors import LimitReached, NexError
 from nexpy.events import Emitter, JsonSink, ProgressSink, Sink
 from nexpy.handler import Confirm, Handler, HandlerOptions, load_factory
+from nexpy.outcome import Outcome, outcome_of
 from nexpy.plan import SpawnPlan
 from nexpy.session import Session, state_home
 
@@ -29,15 +30,10 @@ WRAP_UP_SECONDS = 120.0
 
 @dataclass
 class RunOptions:
-    workdir: Path = field(default_factory=Path.cwd)
+    handler: HandlerOptions = field(default_factory=lambda: HandlerOptions(Path.cwd()))
     chat: str | None = None
     resume: str | None = None  # None: a new session; "": the latest; else a pattern
     json: bool = False
-    max_turns: int | None = None
-    max_time: float | None = None
-    read_only: bool = False
-    yes: bool = False
-    system_prompt: str | None = None
     verbose: bool = False
     home: Path | None = None
 
@@ -78,23 +74,15 @@ class Run:
         self.emitter.session = self.session.id
         try:
             resumed = bool(self.session.entries())
-            workdir = opts.workdir.resolve()
+            workdir = opts.handler.workdir.resolve()
             # Build the handler first: one that cannot start (a missing binary) must not leave
             # an `init` without an `end` behind.
-            factory = load_factory(plan.handler)
+            factory = load_factory(plan)
             self.agent: Handler = factory(
                 plan,
                 self.session,
                 self.emitter,
-                HandlerOptions(
-                    workdir=workdir,
-                    max_turns=opts.max_turns,
-                    max_time=opts.max_time,
-                    read_only=opts.read_only,
-                    yes=opts.yes,
-                    system_prompt=opts.system_prompt,
-                    confirm=confirm,
-                ),
+                replace(opts.handler, workdir=workdir, confirm=confirm),
             )
             self.session.append(
                 "init",
@@ -122,7 +110,7 @@ class Run:
         )
         self.ended = False
 
-    async def end(self, status: str, exit_reason: str) -> None:
+    async def end(self, outcome: Outcome) -> None:
         """Journal and announce the end of this run; release the session. Runs once."""
         if self.ended:
             return
@@ -131,8 +119,8 @@ class Run:
             await self.agent.aclose()
         totals = self.agent.totals
         fields: dict[str, Any] = {
-            "status": status,
-            "exit_reason": exit_reason,
+            "status": outcome.status,
+            "exit_reason": outcome.exit_reason,
             "turns": totals.turns,
             "input_tokens": totals.input_tokens,
             "output_tokens": totals.output_tokens,
@@ -190,28 +178,30 @@ async def run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> int
 async def _run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> int:
     sinks: list[Sink] = [JsonSink()] if opts.json else [ProgressSink(verbose=opts.verbose)]
     run = Run(plan, opts, sinks)
-    status, reason, code = "completed", "finished", EXIT_OK
+    outcome = outcome_of(None)
     try:
         answer = await run.agent.send(message)
         _answer(answer, opts)
     except LimitReached as e:
-        status, reason, code = "limit", e.reason, e.exit_code
+        outcome = outcome_of(e)
         run.emitter.emit("warning", message=e.line())
         report(e, verbose=opts.verbose)
         with contextlib.suppress(Exception):
             summary = await asyncio.wait_for(run.agent.wrap_up(e.reason), WRAP_UP_SECONDS)
             _answer(summary, opts)
     except NexError as e:
-        status, code = "failed", e.exit_code
-        reason = "context_limit" if e.kind == "context_overflow" else e.kind
+        outcome = outcome_of(e)
         run.emitter.emit("error", kind=e.kind, message=e.line(), retryable=e.retryable)
         report(e, verbose=opts.verbose)
-    except asyncio.CancelledError:
-        status, reason, code = "interrupted", "interrupted", EXIT_INTERRUPTED
+    except asyncio.CancelledError as e:
+        outcome = outcome_of(e)
         print("nex: interrupted; resume with --chat or --resume", file=sys.stderr)
+    except Exception as e:  # a bug: journaled as a failure, never as a completion
+        outcome = outcome_of(e)
+        raise
     finally:
-        await run.end(status, reason)
-    return code
+        await run.end(outcome)
+    return outcome.code
 
 
 def _answer(text: str, opts: RunOptions) -> None:

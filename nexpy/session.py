@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -461,6 +462,25 @@ class SessionInfo:
     messages: int
     status: str  # "ended:<status>", "open", "interrupted" or "unreadable"
 
+    def row(self, id_width: int) -> str:
+        """The line `nex sessions` and the REPL's /sessions show for this session."""
+        when = self.updated.astimezone().strftime("%Y-%m-%d %H:%M")
+        return (
+            f"{self.id:<{id_width}}  {when}  {self.messages:>4} msgs  "
+            f"{self.status:<14} {self.model or '-'}"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The object `nex sessions --json` prints for this session."""
+        return {
+            "id": self.id,
+            "updated": self.updated.isoformat(),
+            "model": self.model,
+            "messages": self.messages,
+            "status": self.status,
+            "path": str(self.path),
+        }
+
 
 def _status(session: Session, entries: list[dict[str, Any]]) -> str:
     # Ask the pid in the lock file rather than probing the flock: a probe would briefly hold the
@@ -503,3 +523,19 @@ def list_sessions(home: Path) -> list[SessionInfo]:
         rows.append((ts, info))
     rows.sort(key=lambda row: (row[0], row[1].id), reverse=True)
     return [info for _, info in rows]
+
+
+def copy_session(source: Session, home: Path, name: str) -> Session:
+    """Copy `source`'s journal and tool outputs into a new session NAME; never overwrite one.
+
+    The copy gets an `end` entry saying where it came from, so `nex sessions` lists it as
+    saved rather than as an interrupted run.
+    """
+    target = Session.create(home, name)  # atomic: a UsageError if NAME exists
+    shutil.copyfile(source.journal_path, target.journal_path)
+    if source.outputs_dir.is_dir():
+        shutil.copytree(source.outputs_dir, target.outputs_dir, dirs_exist_ok=True)
+    with target:
+        target.lock()
+        target.append("end", status="saved", exit_reason="saved", saved_from=source.id)
+    return target

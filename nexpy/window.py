@@ -23,7 +23,7 @@ from nexpy.budget import DEFAULT_WINDOW
 from nexpy.plan import SpawnPlan
 
 PROBE_TIMEOUT = 2.0  # seconds per probe; a local server answers in milliseconds
-# The num_ctx nex sends Ollama without --context-window (nexpy.provider), so the most a window
+# The num_ctx nex sends Ollama without --context-window (agent.build_model), so the most a window
 # there can be. Ollama silently cuts the start of a longer prompt, and it allocates the KV cache
 # for the whole num_ctx, so a model's full trained context (often 128k) is not the default.
 OLLAMA_NUM_CTX = DEFAULT_WINDOW
@@ -45,7 +45,7 @@ async def discover(plan: SpawnPlan, *, timeout: float = PROBE_TIMEOUT) -> Window
     if plan.context_window:
         return Window(plan.context_window, plan.provenance.get("context_window") or "config")
     route = plan.spec.route
-    if route.prefix == "stub":
+    if route.embedded:
         return Window(DEFAULT_WINDOW, "the embedded model")
     key = (plan.endpoint or route.prefix, plan.model)
     if key in _cache:
@@ -80,7 +80,7 @@ async def _ask_server(plan: SpawnPlan, timeout: float) -> Window | None:
     async with httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=min(1.0, timeout)), headers=headers
     ) as client:
-        if plan.spec.route.prefix == "ollama":
+        if plan.spec.route.native_api == "ollama":
             show = await _json(client.post(f"{endpoint}/api/show", json={"model": plan.model}))
             return _from_ollama(show)
         root = endpoint[: -len("/v1")] if endpoint.endswith("/v1") else endpoint
@@ -162,7 +162,7 @@ def _from_ollama(body: Any) -> Window | None:
 
 def _ask_litellm(plan: SpawnPlan) -> Window | None:
     """litellm's bundled model map (no network: the cost map is local, DESIGN §8)."""
-    from nexpy.provider import litellm
+    from nexpy.litellm_setup import litellm
 
     try:
         info = litellm().get_model_info(plan.litellm_model)

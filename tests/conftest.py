@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nexpy.provider import prepare_environment
+from nexpy.litellm_setup import prepare_environment
 
 # Points TIKTOKEN_CACHE_DIR at litellm's bundled encodings (as nex does for itself) before any
 # stub counts a token: a stub picks its tokenizer once per process, and without the files it

@@ -10,65 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from nexpy.credentials import redact
+from nexpy.tools.base import Tool, ToolContext, ToolError, ToolResult
+from nexpy.tools.bash import BASH
+from nexpy.tools.files import EDIT_FILE, GLOB, GREP, READ_FILE, WRITE_FILE
 from nexpy.tools.output import cap
 
-
-@dataclass
-class ToolContext:
-    """What a tool may touch: the work dir, where full outputs go, and the output limits."""
-
-    workdir: Path  # resolved absolute; every path stays inside it
-    outputs_dir: Path | None  # the session's "tool-outputs/" dir; None = don't keep full text
-    output_cap: int = 16_000  # chars kept in the result shown to the model (head + tail)
-    bash_timeout: float = 120.0  # default seconds; the model may pass its own (capped at 600)
-
-
-@dataclass
-class ToolResult:
-    """What goes back to the model for one call."""
-
-    ok: bool
-    output: str  # already capped
-    truncated: bool = False
-    full_path: str | None = None  # where the full text is kept when truncated
-
-
-class ToolError(Exception):
-    """Raised inside a tool for a failure the model should see (bad path, no match ...).
-
-    `output`, when given, is shown to the model as is (bash uses it to return what a failed
-    command printed, ending in "[exit code N]"); otherwise the model sees "error: <message>".
-    """
-
-    def __init__(self, message: str, *, output: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.output = output
-
-
-@dataclass(frozen=True)
-class Tool:
-    """One tool as the model sees it, plus whether it changes anything."""
-
-    name: str
-    description: str
-    parameters: dict[str, Any]  # JSON schema (type: object)
-    mutating: bool
-    run: Callable[[dict[str, Any], ToolContext], Awaitable[str]]  # raw text or raises ToolError
+__all__ = ["Tool", "ToolContext", "ToolError", "ToolResult", "all_tools", "execute", "schemas"]
 
 
 def all_tools(read_only: bool = False) -> dict[str, Tool]:
     """Every tool by name, in a stable order; `read_only` keeps only the non-mutating ones."""
-    # Imported here because those modules import the types above from this package.
-    from nexpy.tools.bash import BASH
-    from nexpy.tools.files import EDIT_FILE, GLOB, GREP, READ_FILE, WRITE_FILE
-
     tools = (READ_FILE, WRITE_FILE, EDIT_FILE, GLOB, GREP, BASH)
     return {t.name: t for t in tools if not (read_only and t.mutating)}
 

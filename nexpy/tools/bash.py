@@ -16,7 +16,7 @@ from collections import deque
 from typing import Any
 
 from nexpy.credentials import scrubbed_env
-from nexpy.tools import Tool, ToolContext, ToolError
+from nexpy.tools.base import Tool, ToolContext, ToolError
 
 MAX_TIMEOUT = 600.0
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL

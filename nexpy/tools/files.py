@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-from nexpy.tools import Tool, ToolContext, ToolError
+from nexpy.tools.base import Tool, ToolContext, ToolError
 from nexpy.tools.output import OUTPUTS_PREFIX
 from nexpy.tools.paths import display, resolve
 

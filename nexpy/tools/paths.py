@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from nexpy.tools import ToolError
+from nexpy.tools.base import ToolError
 
 
 def resolve(ctx_workdir: Path, path: str, *, must_exist: bool = False) -> Path:

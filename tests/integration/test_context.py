@@ -24,7 +24,7 @@ from nexpy.events import Emitter
 from nexpy.handler import HandlerOptions
 from nexpy.messages import assistant, normalize, system, tool_result, user
 from nexpy.plan import SpawnRequest, plan_spawn
-from nexpy.provider import TextCallback
+from nexpy.reply import TextCallback
 from nexpy.session import Session
 from stubs.oai import StubServer, estimate_prompt_tokens, stub_server
 from stubs.strict import validate

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
-from nexpy.agent import OVERFLOW_RETRIES, Agent
+from nexpy.agent import Agent
 from nexpy.budget import Budget, TokenCounter
 from nexpy.compaction import is_note
+from nexpy.context import OVERFLOW_RETRIES
 from nexpy.errors import ContextOverflow, LimitReached, TransientError
 from nexpy.events import Emitter
 from nexpy.messages import assistant, normalize, system, tool_result, user
-from nexpy.provider import Reply, TextCallback
+from nexpy.reply import Reply, TextCallback
 from nexpy.session import Session
 from nexpy.tools import ToolContext, all_tools
 from stubs.strict import validate
@@ -183,7 +184,7 @@ async def test_the_servers_usage_corrects_the_estimate(tmp_path: Path) -> None:
     for n in range(8):
         await agent.send(f"message {n}")
     assert agent.budget.ratio == pytest.approx(1.3, rel=0.02)
-    raw = COUNTER.messages(agent.build_request(agent.schemas), agent.schemas)
+    raw = COUNTER.messages(agent.context.build(agent.schemas).messages, agent.schemas)
     assert agent.context_used == pytest.approx(raw * 1.3, rel=0.02)
 
 

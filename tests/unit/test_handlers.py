@@ -52,7 +52,7 @@ class Rig:
     ) -> claude_mod.ClaudeHandler | codex_mod.CodexHandler:
         plan = plan_spawn(SpawnRequest(model=model, endpoint=endpoint), Config(), {})
         emitter = Emitter(self.session.id, sinks=[self.events.append])
-        handler = load_factory(plan.handler)(
+        handler = load_factory(plan)(
             plan, self.session, emitter, HandlerOptions(workdir=self.work, **opts)
         )
         assert isinstance(handler, claude_mod.ClaudeHandler | codex_mod.CodexHandler)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from nexpy import provider
+from nexpy import litellm_setup
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads the main thread's state from /proc"
@@ -20,7 +20,7 @@ def _gate_in_thread() -> tuple[threading.Thread, list[float]]:
     opened: list[float] = []
 
     def gate() -> None:
-        provider._wait_for_idle_main()
+        litellm_setup._wait_for_idle_main()
         opened.append(time.monotonic())
 
     thread = threading.Thread(target=gate, daemon=True)
@@ -29,7 +29,7 @@ def _gate_in_thread() -> tuple[threading.Thread, list[float]]:
 
 
 def test_the_gate_stays_shut_while_the_main_thread_works(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(provider, "_wanted", threading.Event())
+    monkeypatch.setattr(litellm_setup, "_wanted", threading.Event())
     thread, opened = _gate_in_thread()
     busy_until = time.monotonic() + 0.3
     while time.monotonic() < busy_until:
@@ -41,7 +41,7 @@ def test_the_gate_stays_shut_while_the_main_thread_works(monkeypatch: pytest.Mon
 
 def test_asking_for_litellm_opens_the_gate_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     wanted = threading.Event()
-    monkeypatch.setattr(provider, "_wanted", wanted)
+    monkeypatch.setattr(litellm_setup, "_wanted", wanted)
     thread, opened = _gate_in_thread()
     start = time.monotonic()
     wanted.set()
@@ -56,7 +56,7 @@ def test_the_main_thread_is_seen_asleep_in_a_blocking_wait() -> None:
     def look() -> None:
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
-            if provider._main_thread_sleeping():
+            if litellm_setup._main_thread_sleeping():
                 seen.set()
                 return
             time.sleep(0.005)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from nexpy.config import load_config
+from nexpy.config import Config, load_config
 from nexpy.errors import ConfigError, UsageError
 from nexpy.plan import SpawnRequest, normalize_url, plan_spawn
-from nexpy.routing import ROUTES, handler_for_model, parse_model
+from nexpy.routing import ROUTES, parse_model
 
 
 @pytest.mark.parametrize(
@@ -26,7 +26,8 @@ from nexpy.routing import ROUTES, handler_for_model, parse_model
 )
 def test_model_prefix_is_read_only_from_the_table(spec: str, handler: str, name: str) -> None:
     parsed = parse_model(spec)
-    assert parsed.handler == handler == handler_for_model(spec)
+    assert parsed.handler == handler
+    assert plan_spawn(SpawnRequest(model=spec), Config()).handler == handler
     assert parsed.name == name
 
 

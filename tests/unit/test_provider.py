@@ -14,9 +14,8 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
+from nexpy.agent import build_model
 from nexpy.config import Config, EndpointConfig
 from nexpy.errors import (
     AuthError,
@@ -27,15 +26,10 @@ from nexpy.errors import (
     ProviderError,
     TransientError,
 )
+from nexpy.events import Emitter
 from nexpy.plan import SpawnPlan, SpawnRequest, plan_spawn
-from nexpy.provider import (
-    DEFAULT_IDLE_TIMEOUT,
-    LitellmModel,
-    Reply,
-    _Dedup,
-    idle_timeout_from_env,
-    server_words,
-)
+from nexpy.provider import DEFAULT_IDLE_TIMEOUT, LitellmModel, idle_timeout_from_env
+from nexpy.reply import Reply
 
 BASE = "http://llm.test:8080/v1"
 CHAT = BASE + "/chat/completions"
@@ -237,67 +231,6 @@ async def test_read_timeout_is_a_stall_naming_the_idle_timeout() -> None:
         await _complete(model)
 
 
-# -- what the person sees across retries ---------------------------------------------------------
-def test_dedup_replays_silently_and_shows_only_what_is_new() -> None:
-    out: list[str] = []
-    dedup = _Dedup(out.append)
-    for piece in ("Hello ", "wor"):
-        dedup(piece)
-    dedup.new_attempt()
-    for piece in ("Hel", "lo w", "orld", "!"):
-        dedup(piece)
-    assert "".join(out) == "Hello world!"
-
-
-def test_dedup_restarts_visibly_when_a_retry_diverges() -> None:
-    out: list[str] = []
-    dedup = _Dedup(out.append)
-    dedup("The answer is 4")
-    dedup.new_attempt()
-    for piece in ("The answer ", "was 5", "."):
-        dedup(piece)
-    text = "".join(out)
-    assert text == "The answer is 4" + _Dedup.RESTART + "The answer was 5."
-    assert text.count("The answer") == 2  # once per attempt: the second one is different text
-
-
-class _ReferenceDedup:
-    """The rule, stated plainly (and quadratically): the attempt so far against what was shown."""
-
-    def __init__(self, sink: Any) -> None:
-        self.sink, self.shown, self.attempt = sink, "", ""
-
-    def new_attempt(self) -> None:
-        self.attempt = ""
-
-    def __call__(self, piece: str) -> None:
-        if not piece:
-            return
-        self.attempt += piece
-        if self.attempt.startswith(self.shown):
-            fresh, self.shown = self.attempt[len(self.shown) :], self.attempt
-            if fresh:
-                self.sink(fresh)
-        elif not self.shown.startswith(self.attempt):
-            self.shown = self.attempt
-            self.sink(_Dedup.RESTART + self.attempt)
-
-
-@settings(max_examples=400, deadline=None)
-@given(st.lists(st.lists(st.text(alphabet="ab", max_size=4), max_size=6), max_size=4))
-def test_dedup_shows_what_the_plain_rule_shows(attempts: list[list[str]]) -> None:
-    ours: list[str] = []
-    ref: list[str] = []
-    fast, slow = _Dedup(ours.append), _ReferenceDedup(ref.append)
-    for pieces in attempts:
-        fast.new_attempt()
-        slow.new_attempt()
-        for piece in pieces:
-            fast(piece)
-            slow(piece)
-    assert "".join(ours) == "".join(ref)
-
-
 class _CutStream(httpx.AsyncByteStream):
     """A 200 stream that sends `head` and then loses its connection."""
 
@@ -472,19 +405,21 @@ async def test_named_endpoint_sends_its_key_and_headers(monkeypatch: pytest.Monk
 @pytest.mark.parametrize(("window", "expected"), [(16384, 16384), (None, 8192)])
 def test_ollama_asks_for_the_window_as_num_ctx(window: int | None, expected: int) -> None:
     plan = _plan("ollama:qwen3:8b", "http://127.0.0.1:11434", context_window=window)
-    kwargs = LitellmModel(plan).request_kwargs(USER, None, stream=True, max_tokens=None)
+    model = build_model(plan, Emitter())
+    assert isinstance(model, LitellmModel)
+    kwargs = model.request_kwargs(USER, None, stream=True, max_tokens=None)
     assert kwargs["model"] == "ollama_chat/qwen3:8b"
     assert kwargs["api_base"] == "http://127.0.0.1:11434"
     assert kwargs["num_ctx"] == expected
 
 
 def test_other_routes_send_no_num_ctx() -> None:
-    assert "num_ctx" not in LitellmModel(_plan()).request_kwargs(
-        USER, None, stream=True, max_tokens=None
-    )
+    model = build_model(_plan(), Emitter())
+    assert isinstance(model, LitellmModel)
+    assert "num_ctx" not in model.request_kwargs(USER, None, stream=True, max_tokens=None)
 
 
-# -- settings and words --------------------------------------------------------------------------
+# -- settings ------------------------------------------------------------------------------------
 def test_idle_timeout_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert idle_timeout_from_env() == DEFAULT_IDLE_TIMEOUT
     monkeypatch.setenv("NEX_IDLE_TIMEOUT", "2.5")
@@ -492,23 +427,6 @@ def test_idle_timeout_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEX_IDLE_TIMEOUT", "soon")
     with pytest.raises(ConfigError, match="NEX_IDLE_TIMEOUT"):
         idle_timeout_from_env()
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ('litellm.BadRequestError: OpenAIException - {"error": {"message": "bad"}}', "bad"),
-        ('{"error": "model \\"x\\" not found"}', 'model "x" not found'),
-        ('{"detail": "Not Found"}', "Not Found"),
-        (
-            "<!DOCTYPE html><html><head><title>Login</title>",
-            "an HTML page ('Login'), likely from a proxy",
-        ),
-        ("Internal Server Error\n\nmore", "Internal Server Error more"),
-    ],
-)
-def test_server_words(text: str, expected: str) -> None:
-    assert server_words(text) == expected
 
 
 # -- a burst of tokens, from a real socket -------------------------------------------------------

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import respx
 
-import nexpy.provider
+import nexpy.litellm_setup
 from nexpy import window
 from nexpy.config import Config, EndpointConfig
 from nexpy.plan import SpawnPlan, SpawnRequest, plan_spawn
@@ -29,7 +29,7 @@ def no_litellm(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse() -> Any:
         raise AssertionError("litellm must not be loaded to discover a local window")
 
-    monkeypatch.setattr(nexpy.provider, "litellm", refuse)
+    monkeypatch.setattr(nexpy.litellm_setup, "litellm", refuse)
 
 
 def _plan(model: str, endpoint: str | None = None, window: int | None = None) -> SpawnPlan:
@@ -147,7 +147,9 @@ async def test_cloud_default_endpoints_ask_litellm_not_the_server(
         asked.append(model)
         return {"max_input_tokens": 128_000, "max_tokens": 16_384}
 
-    monkeypatch.setattr(nexpy.provider, "litellm", lambda: SimpleNamespace(get_model_info=info))
+    monkeypatch.setattr(
+        nexpy.litellm_setup, "litellm", lambda: SimpleNamespace(get_model_info=info)
+    )
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     found = await discover(_plan("openai:gpt-4o"))
     assert (found.tokens, found.source) == (128_000, "litellm's model info")
