@@ -15,6 +15,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from nexpy.budget import DEFAULT_WINDOW, Budget
@@ -276,7 +277,12 @@ def create(plan: SpawnPlan, session: Session, emitter: Emitter, opts: HandlerOpt
         session=session,
         emitter=emitter,
         tools=all_tools(read_only=opts.read_only),
-        ctx=ToolContext(workdir=opts.workdir.resolve(), outputs_dir=session.outputs_dir),
+        ctx=ToolContext(
+            workdir=opts.workdir.resolve(),
+            outputs_dir=session.outputs_dir,
+            # The whole state dir (<home>/sessions/<id>) is hidden: every session's journal.
+            sandbox=plan.sandbox.hiding(Path.home(), session.path.parent.parent),
+        ),
         budget=Budget(plan.context_window, plan.provenance.get("context_window", "default")),
         system_prompt=opts.system_prompt,
         limits=opts.limits,

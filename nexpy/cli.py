@@ -13,6 +13,7 @@ from pathlib import Path
 from nexpy import __version__
 from nexpy.args import UsageParser, positive
 from nexpy.errors import NexError, UsageError
+from nexpy.sandbox import MODES
 
 DESCRIPTION = """\
 A local-model-first agent runtime. Pick a model with -m PROVIDER:MODEL and, for a server you
@@ -61,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model's context window in tokens (else discovered)",
     )
     p.add_argument("--read-only", action="store_true", help="offer only read tools")
+    p.add_argument(
+        "--sandbox",
+        choices=MODES,
+        help="confine bash (default: workspace-write with --autonomous, off in the REPL)",
+    )
+    p.add_argument(
+        "--network", action="store_true", default=None, help="open the network in the sandbox"
+    )
     p.add_argument("--yes", action="store_true", help="do not ask before mutating tools")
     p.add_argument("--system-prompt", metavar="TEXT|@FILE", help="replace the system prompt")
     p.add_argument("-C", dest="workdir", metavar="DIR", help="the work dir (default: cwd)")
@@ -140,9 +149,11 @@ def _dispatch(argv: list[str]) -> int:
 
     workdir = _workdir(args.workdir)
     config = load_config(workdir)
-    plan = plan_spawn(
-        SpawnRequest(args.model, args.endpoint, args.executor, args.context_window), config
-    )
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    autonomous = args.autonomous or not interactive
+    request = SpawnRequest(args.model, args.endpoint, args.executor, args.context_window)
+    request.sandbox, request.network, request.autonomous = args.sandbox, args.network, autonomous
+    plan = plan_spawn(request, config)
     for warning in plan.warnings:
         print(f"nex: warning: {warning}", file=sys.stderr)
     print(plan.line(), file=sys.stderr, flush=True)
@@ -169,8 +180,7 @@ def _dispatch(argv: list[str]) -> int:
         json=args.json,
         verbose=args.verbose,
     )
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    if args.autonomous or not interactive:
+    if autonomous:
         message = args.message
         if message is None and not sys.stdin.isatty():
             message = sys.stdin.read()

@@ -3,6 +3,8 @@
     model = "local:qwen3-coder"        # default model
     endpoint = "box"                   # default endpoint: a URL or a name below
     context_window = 32768
+    sandbox = "workspace-write"        # bash's sandbox: read-only, workspace-write or off
+    network = false                    # open the network inside the sandbox
 
     [endpoints.box]
     url = "http://10.0.0.5:8080"
@@ -45,6 +47,8 @@ class FileConfig(BaseModel):
     model: str | None = None
     endpoint: str | None = None
     context_window: int | None = Field(default=None, gt=0)
+    sandbox: str | None = None  # checked against the modes in nexpy.sandbox.choose
+    network: bool | None = None
     endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
 
 
@@ -55,6 +59,8 @@ class Config:
     model: str | None = None
     endpoint: str | None = None
     context_window: int | None = None
+    sandbox: str | None = None
+    network: bool | None = None
     endpoints: dict[str, EndpointConfig] = field(default_factory=dict)
     source: dict[str, str] = field(default_factory=dict)
 
@@ -99,7 +105,7 @@ def load_config(cwd: Path, *, global_path: Path | None = None) -> Config:
             continue
         fc = read_file(path)
         label = _display(path, cwd)
-        for key in ("model", "endpoint", "context_window"):
+        for key in ("model", "endpoint", "context_window", "sandbox", "network"):
             value = getattr(fc, key)
             if value is not None:
                 setattr(merged, key, value)

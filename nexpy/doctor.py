@@ -91,7 +91,7 @@ def main(argv: list[str]) -> int:
     print(plan.line(), file=sys.stderr, flush=True)
     where = f"{plan.spec}" + (f" at {plan.endpoint}" if plan.endpoint else "")
     print(f"nex doctor: {where}")
-    rows = diagnose(plan, timeout=args.timeout)
+    rows = [*diagnose(plan, timeout=args.timeout), sandbox_row()]
     print(render(rows))
     failed = next((r for r in rows if r.status == FAIL), None)
     if failed is None:
@@ -109,6 +109,16 @@ def diagnose(plan: SpawnPlan, *, timeout: float = DEFAULT_TIMEOUT) -> list[Row]:
     if plan.spec.route.embedded:
         return [Row("model", OK, "the embedded stub model needs no server")]
     return asyncio.run(_Checks(plan, timeout).run())
+
+
+def sandbox_row() -> Row:
+    """Whether bash can be confined here (a warning, not a failure: the endpoint is usable)."""
+    from nexpy.sandbox import INSTALL_HINT, probe
+
+    bwrap, why = probe()
+    if bwrap is None:
+        return Row("sandbox", WARN, f"{why}; bash would run unconfined ({INSTALL_HINT})")
+    return Row("sandbox", OK, f"{bwrap} confines bash here (read-only, workspace-write)")
 
 
 def render(rows: list[Row]) -> str:

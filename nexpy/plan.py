@@ -1,8 +1,9 @@
 """SpawnPlan: one function derives everything a run needs from what the user picked.
 
-Precedence for every field: cli flag > env (NEX_MODEL, NEX_ENDPOINT) > ./.nex/config.toml >
-~/.config/nexpy/config.toml > default. An endpoint given for this run always beats a configured
-default. Keys are never part of a plan: it holds the *name* of the variable, read at call time.
+Precedence for every field: cli flag > env (NEX_MODEL, NEX_ENDPOINT, NEX_SANDBOX) >
+./.nex/config.toml > ~/.config/nexpy/config.toml > default. An endpoint given for this run
+always beats a configured default. Keys are never part of a plan: it holds the *name* of the
+variable, read at call time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from nexpy.config import Config, EndpointConfig
 from nexpy.credentials import redact
 from nexpy.errors import ConfigError, UsageError
 from nexpy.routing import EXECUTOR_PREFIX, ROUTES, ModelSpec, default_endpoint, parse_model
+from nexpy.sandbox import Sandbox, choose
 
 DEFAULT_MODEL = "stub:demo"
 
@@ -32,6 +34,9 @@ class SpawnRequest:
     endpoint: str | None = None
     executor: str | None = None  # deprecated alias for a prefix
     context_window: int | None = None
+    sandbox: str | None = None  # --sandbox MODE
+    network: bool | None = None  # --network
+    autonomous: bool = False  # no person to ask: the sandbox defaults to workspace-write
 
 
 @dataclass
@@ -46,6 +51,7 @@ class SpawnPlan:
     env: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    sandbox: Sandbox = field(default_factory=Sandbox)
 
     @property
     def model(self) -> str:
@@ -69,6 +75,7 @@ class SpawnPlan:
         if self.context_window:
             src = self.provenance.get("context_window")
             parts.append(f"context_window={self.context_window} (from {src})")
+        parts.append(f"sandbox={self.sandbox.describe()} (from {self.provenance.get('sandbox')})")
         if self.api_key_env:
             state = "set" if self.api_key() else "NOT SET"
             parts.append(f"key=${self.api_key_env} ({state})")
@@ -207,6 +214,19 @@ def plan_spawn(
         (named.context_window if named else None, f"endpoint {ep_value!r}"),
         (config.context_window, config.source.get("context_window")),
     )
+    # -- sandbox (nex's own bash; the CLI handlers run their tools under their own rules) --
+    sandbox, prov["sandbox"] = Sandbox(note=f"{route.handler} runs its own tools"), "handler"
+    if route.handler == "nex":
+        network, _ = _first((request.network, "--network"), (config.network, "config"))
+        sandbox, prov["sandbox"], more = choose(
+            flag=request.sandbox,
+            env=env,
+            config=config.sandbox,
+            config_source=config.source.get("sandbox"),
+            autonomous=request.autonomous,
+            network=bool(network),
+        )
+        warnings += more
     plan = SpawnPlan(
         handler=route.handler,
         spec=spec,
@@ -216,6 +236,7 @@ def plan_spawn(
         context_window=window,
         provenance=prov,
         warnings=warnings,
+        sandbox=sandbox,
     )
     if plan.handler != "nex":
         plan.argv, plan.env = _cli_command(plan)

@@ -416,7 +416,8 @@ class Repl:
         totals = agent.totals
         return (
             f" {self.plan.spec} │ context {_context(agent.context_used, agent.window)} │ "
-            f"tokens in {totals.input_tokens:,} out {totals.output_tokens:,} │ /help"
+            f"tokens in {totals.input_tokens:,} out {totals.output_tokens:,} │ "
+            f"sandbox {self.plan.sandbox.mode} │ /help"
         )
 
     async def command(self, cmd: Command) -> bool:

@@ -92,6 +92,7 @@ class Run:
                 cwd=str(workdir),
                 plan=plan.line(),
                 resumed=resumed,
+                sandbox=plan.sandbox.describe(),
             )
         except BaseException:
             self.session.close()
@@ -107,6 +108,7 @@ class Run:
             endpoint=plan.endpoint,
             plan=plan.line(),
             resumed=resumed,
+            sandbox=plan.sandbox.describe(),
         )
         self.ended = False
 

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from nexpy.sandbox import Sandbox
 
 
 @dataclass
 class ToolContext:
-    """What a tool may touch: the work dir, where full outputs go, and the output limits."""
+    """What a tool may touch: the work dir, where full outputs go, the output limits, and the
+    sandbox bash runs in (whose mode the file tools obey too)."""
 
     workdir: Path  # resolved absolute; every path stays inside it
     outputs_dir: Path | None  # the session's "tool-outputs/" dir; None = don't keep full text
     output_cap: int = 16_000  # chars kept in the result shown to the model (head + tail)
     bash_timeout: float = 120.0  # default seconds; the model may pass its own (capped at 600)
+    sandbox: Sandbox = field(default_factory=Sandbox)  # off unless the run's plan says otherwise
 
 
 @dataclass

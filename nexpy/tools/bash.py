@@ -144,12 +144,14 @@ def _with_notes(text: str, notes: list[str]) -> str:
 async def run_command(command: str, ctx: ToolContext, timeout: float) -> str:
     """Run `bash -c command` in the work dir; return its output or raise ToolError with it."""
     loop = asyncio.get_running_loop()
+    # Under the sandbox, bwrap runs bash (it and its children in bash's process group, so the
+    # group kill below still reaches them; bwrap's --die-with-parent and its own PID namespace
+    # take down whatever left the group).
+    argv = ctx.sandbox.wrap(["bash", "-c", command], ctx.workdir)
     r, w = os.pipe()
     try:
         proc = await asyncio.create_subprocess_exec(
-            "bash",
-            "-c",
-            command,
+            *argv,
             cwd=ctx.workdir,
             env=scrubbed_env(),  # credentials stay with nex, never with the model's commands
             stdin=asyncio.subprocess.DEVNULL,

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
+from nexpy.sandbox import Sandbox
 from nexpy.tools.base import Tool, ToolContext, ToolError
 from nexpy.tools.output import OUTPUTS_PREFIX
 from nexpy.tools.paths import display, resolve
@@ -60,6 +61,15 @@ def _workdir(ctx: ToolContext) -> Path:
     return ctx.workdir.resolve()
 
 
+def _fenced(ctx: ToolContext, real: Path, path: str, *, write: bool = False) -> Path:
+    """`real`, unless the sandbox hides it or (for a write) the sandbox is read-only."""
+    if write and not ctx.sandbox.writable:
+        raise ToolError(f"cannot write {path}: the sandbox is read-only (--sandbox read-only)")
+    if ctx.sandbox.is_hidden(real):
+        raise ToolError(f"{path} is hidden by the sandbox (a secret such as ~/.ssh or nex's state)")
+    return real
+
+
 def _resolve_readable(ctx: ToolContext, path: str) -> tuple[Path, str]:
     """Resolve a path for reading: the work dir first, then the session's kept outputs.
 
@@ -93,7 +103,7 @@ def _resolve_readable(ctx: ToolContext, path: str) -> tuple[Path, str]:
                 if not real.exists():
                     raise ToolError(f"{path} does not exist")
                 return real, OUTPUTS_PREFIX + display(outputs, real)
-    real = resolve(workdir, path, must_exist=True)
+    real = _fenced(ctx, resolve(workdir, path, must_exist=True), path)
     return real, display(workdir, real)
 
 
@@ -231,7 +241,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def _write_file(args: dict[str, Any], ctx: ToolContext, stop: threading.Event) -> str:
     workdir = _workdir(ctx)
-    real = resolve(workdir, args["path"])
+    real = _fenced(ctx, resolve(workdir, args["path"]), args["path"], write=True)
     if real.is_dir():
         raise ToolError(f"{display(workdir, real)} is a directory")
     data = args["content"].encode("utf-8")
@@ -249,7 +259,7 @@ def _plural(n: int, word: str) -> str:
 
 def _edit_file(args: dict[str, Any], ctx: ToolContext, stop: threading.Event) -> str:
     workdir = _workdir(ctx)
-    real = resolve(workdir, args["path"], must_exist=True)
+    real = _fenced(ctx, resolve(workdir, args["path"], must_exist=True), args["path"], write=True)
     shown = display(workdir, real)
     old: str = args["old_string"]
     new: str = args["new_string"]
@@ -382,7 +392,11 @@ def _has_magic(seg: str) -> bool:
 
 
 def _walk(
-    start: Path, workdir: Path, stop: threading.Event, max_depth: int | None = None
+    start: Path,
+    workdir: Path,
+    stop: threading.Event,
+    max_depth: int | None = None,
+    sandbox: Sandbox | None = None,
 ) -> Iterator[Path]:
     """Files under `start`, depth-first in name order, never leaving the work dir.
 
@@ -394,10 +408,14 @@ def _walk(
             raise _Stopped
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        if sandbox is not None and sandbox.confined:
+            dirnames[:] = [d for d in dirnames if not sandbox.is_hidden(here / d)]
         if max_depth is not None and len(here.relative_to(start).parts) >= max_depth:
             dirnames[:] = []
         for name in sorted(filenames):
             p = here / name
+            if sandbox is not None and sandbox.is_hidden(p):
+                continue
             if p.is_symlink():
                 target = p.resolve()
                 if not target.is_relative_to(workdir) or not target.is_file():
@@ -441,7 +459,7 @@ def _glob(args: dict[str, Any], ctx: ToolContext, stop: threading.Event) -> str:
             continue
         depth = None if "**" in segs else len(segs) - 1
         rx = re.compile(glob_regex("/".join(segs)))
-        for p in _walk(start, workdir, stop, depth):
+        for p in _walk(start, workdir, stop, depth, ctx.sandbox):
             if p not in found and rx.fullmatch(p.relative_to(start).as_posix()):
                 found[p] = p.lstat().st_mtime
 
@@ -508,7 +526,9 @@ def _grep(args: dict[str, Any], ctx: ToolContext, stop: threading.Event) -> str:
         files: Iterator[Path] = iter([root])
         walk_root = root.parent
     else:
-        files = _walk(root, workdir if root.is_relative_to(workdir) else root, stop)
+        files = _walk(
+            root, workdir if root.is_relative_to(workdir) else root, stop, None, ctx.sandbox
+        )
         walk_root = root
 
     out: list[str] = []
