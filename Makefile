@@ -41,10 +41,13 @@ demo: $(STAMP)
 	cd .demo/work && NEX_HOME=$(CURDIR)/.demo/home $(CURDIR)/$(BIN)/nex -m stub:demo --autonomous \
 		"Write a small Python program, run it, and tell me what it printed."
 
-# Every tier: lint, types, unit, stub integration (sockets, subprocesses, tmux), real peers.
+# Every tier: lint, types, unit, stub integration (sockets, subprocesses, tmux, the bwrap
+# sandbox), real peers.
 test: $(STAMP) peers
 	@command -v tmux >/dev/null || { echo "make test: installing tmux (REPL tier) with apt-get" >&2; \
 		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null; }
+	@command -v bwrap >/dev/null || { echo "make test: installing bubblewrap (bash sandbox tier) with apt-get" >&2; \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
 	$(BIN)/ruff check nexpy handlers stubs tests bench
 	$(BIN)/ruff format --check nexpy handlers stubs tests bench
 	$(BIN)/mypy

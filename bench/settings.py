@@ -27,6 +27,7 @@ class Settings:
     fleet_turns: int  # requests each of them makes
     fleet_latency: float  # seconds the stub takes per request
     memory_turns: int
+    sandbox_reps: int  # bash calls timed with and without the sandbox, interleaved
 
 
 FULL = Settings(
@@ -44,6 +45,7 @@ FULL = Settings(
     fleet_turns=15,
     fleet_latency=0.2,
     memory_turns=20,
+    sandbox_reps=40,
 )
 
 QUICK = Settings(
@@ -61,6 +63,7 @@ QUICK = Settings(
     fleet_turns=6,
     fleet_latency=0.2,
     memory_turns=5,
+    sandbox_reps=8,
 )
 
 SETTINGS = {s.name: s for s in (FULL, QUICK)}
