@@ -262,3 +262,21 @@ def test_a_failed_request_prints_one_error_line_and_the_repl_goes_on(repl) -> No
         # The unanswered first message stays in the history; normalize merges the two turns.
         pane.wait(lambda s: "second try" in s.partition("echo: first try")[2], "the answer")
         assert srv.rejections == []
+
+
+def test_the_status_line_shows_the_sandbox_and_opting_in_confines_bash(
+    repl, nex_env: NexEnv
+) -> None:
+    """The REPL runs bash unconfined until the user opts in, and says which in its status line."""
+    outside = nex_env.root / "outside.txt"  # beside the work dir
+    attack = {"tool_calls": [{"name": "bash", "arguments": {"command": f"echo x > {outside}"}}]}
+    with stub_server({"default": {"echo": True}}) as srv:
+        assert "│ sandbox off │" in repl(srv).screen()
+    if shutil.which("bwrap") is None:
+        pytest.fail("bwrap is not installed (make test installs bubblewrap)")
+    with stub_server({"replies": [attack, {"content": "tried"}]}) as srv:
+        pane = repl(srv, "--sandbox", "workspace-write")
+        assert "│ sandbox workspace-write │" in pane.screen()
+        pane.send("write outside")
+        pane.wait("tried")
+    assert not outside.exists()
