@@ -671,3 +671,18 @@ def test_missing_bwrap_by_default_warns_and_says_off(tmp_path: Path) -> None:
     assert "sandbox=off (bwrap unavailable)" in done.stderr
     started = json.loads(done.stdout.splitlines()[0])
     assert started["sandbox"] == "off (bwrap unavailable)"
+
+
+def test_doctor_reports_whether_the_sandbox_works_here(tmp_path: Path) -> None:
+    works = _nex(tmp_path, tmp_path / "state", ["doctor", "-m", "stub:demo"])
+    assert works.returncode == 0, works.stderr
+    assert any(line.split()[:2] == ["ok", "sandbox"] for line in works.stdout.splitlines())
+    missing = _nex(
+        tmp_path,
+        tmp_path / "state",
+        ["doctor", "-m", "stub:demo"],
+        path=str(Path(sys.executable).parent),
+    )
+    assert missing.returncode == 0, missing.stderr  # the endpoint is still usable
+    row = next(line for line in missing.stdout.splitlines() if "sandbox" in line)
+    assert row.split()[0] == "warn" and "bubblewrap" in row
