@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
-import subprocess
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from nexpy.errors import ConfigError, UsageError
 
@@ -55,14 +53,16 @@ SOCKET_DIRS = ("/run",)
 RESOLVER_DIRS = ("/run/systemd/resolve",)
 
 
-@dataclass(frozen=True)
-class Sandbox:
-    """The sandbox in force for a run's bash calls and file tools."""
+class Sandbox(NamedTuple):
+    """The sandbox in force for a run's bash calls and file tools.
+
+    A NamedTuple, not a dataclass: the CLI imports this module for `--help`, which must stay
+    quick (dataclasses, subprocess and shutil cost more to import than all of argparse)."""
 
     mode: str = OFF
     network: bool = False
     bwrap: str | None = None  # absolute path of the binary the probe found
-    hidden: tuple[Path, ...] = field(default=())  # secret paths, made absolute
+    hidden: tuple[Path, ...] = ()  # secret paths, made absolute
     note: str = ""  # why it is off although a default asked for it ("bwrap unavailable")
 
     @property
@@ -83,7 +83,7 @@ class Sandbox:
     def hiding(self, home: Path, state_dir: Path) -> Sandbox:
         """This sandbox with the secret paths under `home` and the nex state dir hidden."""
         paths = [home / p for p in SECRET_PATHS] + [state_dir]
-        return Sandbox(self.mode, self.network, self.bwrap, tuple(paths), self.note)
+        return self._replace(hidden=tuple(paths))
 
     def is_hidden(self, path: Path) -> bool:
         """Whether a resolved path lies in something the sandbox hides (file tools ask)."""
@@ -131,6 +131,9 @@ def bwrap_args(
 @functools.cache
 def probe() -> tuple[str | None, str]:
     """(path of bwrap, "") when it can build a sandbox here, else (None, why not)."""
+    import shutil
+    import subprocess
+
     found = shutil.which("bwrap")
     if found is None:
         return None, "bwrap is not on PATH"
