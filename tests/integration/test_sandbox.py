@@ -41,7 +41,8 @@ from stubs.oai import stub_server
 from tests.conftest import NEX
 
 pytestmark = [
-    pytest.mark.timeout(120),
+    # Generous: on a shared 2-CPU machine at load 12, one nex start (litellm's import) took 45 s.
+    pytest.mark.timeout(300),
     pytest.mark.skipif(
         probe()[0] is None, reason=f"bwrap cannot sandbox here: {probe()[1]} (make test installs)"
     ),
@@ -399,7 +400,7 @@ def arena() -> Iterator[Arena]:
                     env=env,
                     capture_output=True,
                     text=True,
-                    timeout=100,
+                    timeout=240,
                 )
             arena.code, arena.stderr = done.returncode, done.stderr
             arena.events = [json.loads(line) for line in done.stdout.splitlines() if line]
@@ -573,7 +574,7 @@ def _nex(
         (work / ".nex").mkdir(exist_ok=True)
         (work / ".nex" / "config.toml").write_text(config)
     return subprocess.run(
-        [NEX, *args], cwd=work, env=env, capture_output=True, text=True, timeout=60
+        [NEX, *args], cwd=work, env=env, capture_output=True, text=True, timeout=240
     )
 
 
