@@ -656,6 +656,34 @@ def test_missing_bwrap_when_asked_is_one_line_and_exit_2(tmp_path: Path, how: st
     assert not (tmp_path / "state" / "sessions").exists()
 
 
+FAKE_BWRAP = """#!/bin/sh
+echo 'bwrap: No permissions to create new namespace, likely because the kernel does not allow' >&2
+exit 1
+"""
+
+
+def test_bwrap_that_cannot_create_namespaces_is_refused_too(tmp_path: Path) -> None:
+    """As inside some containers: bwrap is there but fails; nex says why and runs nothing."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "bwrap").write_text(FAKE_BWRAP)
+    (bin_dir / "bwrap").chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    with stub_server({"default": {"content": "ran"}}) as srv:
+        done = _nex(
+            work,
+            tmp_path / "state",
+            ["-m", "local:m", "-e", srv.url, "--sandbox", "read-only", "--autonomous", "go"],
+            path=f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin",
+        )
+        assert srv.requests == []
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("nex: error:")]
+    assert len(errors) == 1 and "cannot create namespaces" in errors[0], done.stderr
+    assert "No permissions" in errors[0] and "--sandbox off" in errors[0]
+
+
 def test_missing_bwrap_by_default_warns_and_says_off(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
