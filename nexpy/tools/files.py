@@ -526,8 +526,11 @@ def _grep(args: dict[str, Any], ctx: ToolContext, stop: threading.Event) -> str:
         files: Iterator[Path] = iter([root])
         walk_root = root.parent
     else:
+        inside = root.is_relative_to(workdir)
+        # Outside the work dir grep only ever walks the session's kept outputs, which live in
+        # the (hidden) state dir and are the model's own to search.
         files = _walk(
-            root, workdir if root.is_relative_to(workdir) else root, stop, None, ctx.sandbox
+            root, workdir if inside else root, stop, None, ctx.sandbox if inside else None
         )
         walk_root = root
 

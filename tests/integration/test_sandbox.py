@@ -36,7 +36,7 @@ import pytest
 from nexpy.sandbox import READ_ONLY, WORKSPACE_WRITE, Sandbox, probe
 from nexpy.tools import ToolContext, ToolError, execute
 from nexpy.tools.bash import BASH, run_command
-from nexpy.tools.files import EDIT_FILE, READ_FILE, WRITE_FILE
+from nexpy.tools.files import EDIT_FILE, GREP, READ_FILE, WRITE_FILE
 from stubs.oai import stub_server
 from tests.conftest import NEX
 
@@ -507,6 +507,21 @@ def test_secrets_inside_the_work_dir_are_covered_too(tmp_path: Path) -> None:
     for tool, args in ((READ_FILE, {"path": ".ssh/id_rsa"}), (READ_FILE, {"path": ".netrc"})):
         refused = _call(tool, args, ctx)
         assert not refused.ok and "hidden by the sandbox" in refused.output
+
+
+def test_kept_outputs_stay_readable_by_the_file_tools(tmp_path: Path) -> None:
+    """The state dir is hidden, but a capped result's full text is the model's to read."""
+    outputs = tmp_path / "state" / "sessions" / "s1" / "tool-outputs"
+    outputs.mkdir(parents=True)
+    (outputs / "c1.txt").write_text("needle here\n")
+    (tmp_path / "work").mkdir()
+    sandbox = Sandbox(WORKSPACE_WRITE, False, probe()[0]).hiding(tmp_path, tmp_path / "state")
+    ctx = ToolContext(workdir=tmp_path / "work", outputs_dir=outputs, sandbox=sandbox)
+    found = _call(GREP, {"pattern": "needle", "path": "tool-outputs"}, ctx)
+    assert found.ok and found.output == "tool-outputs/c1.txt:1:needle here"
+    assert _call(READ_FILE, {"path": "tool-outputs/c1.txt"}, ctx).ok
+    journal = _call(READ_FILE, {"path": str(outputs.parent / "journal.jsonl")}, ctx)
+    assert not journal.ok
 
 
 def test_read_only_refuses_every_write(tmp_path: Path) -> None:
