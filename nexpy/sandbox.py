@@ -12,7 +12,7 @@ elevate), and the paths in `SECRET_PATHS`, the nex state dir and /run (host sock
 docker's or the session bus, which a read-only mount does not stop) covered by empty mounts.
 
 Whether the sandbox is in force is decided once per run by `choose()`; it never falls back to
-running unconfined while saying it is confined (DESIGN §7, "no silent downgrade").
+running unconfined while saying it is confined (issue 14: "no silent downgrade").
 """
 
 from __future__ import annotations
