@@ -7,6 +7,8 @@ Each test starts its own tmux server (a unique socket) with a 120x40 window, typ
 
 from __future__ import annotations
 
+import random
+import re
 import secrets
 import shlex
 import shutil
@@ -97,12 +99,15 @@ def repl(nex_env: NexEnv) -> Iterator[Callable[[StubServer], Pane]]:
     """Start `nex` against a stub in a fresh tmux server; kill the server afterwards."""
     panes: list[Pane] = []
 
-    def start(srv: StubServer, *extra: str) -> Pane:
+    def start(srv: StubServer, *extra: str, ask: bool = False) -> Pane:
+        """`ask`: leave out `--yes`, so mutating tools ask first."""
         pane = Pane(f"nex-test-{secrets.token_hex(4)}", nex_env.env)
         panes.append(pane)
-        argv = [NEX, "-m", "local:stub-model", "-e", srv.url, "--yes", *extra]
+        argv = [NEX, "-m", "local:stub-model", "-e", srv.url, *([] if ask else ["--yes"]), *extra]
         script = f"{shlex.join(argv)}; echo EXIT=$?; sleep 60"
+        # A long scrollback: the stress test reads hundreds of answers back.
         pane.tmux(
+            "set-option", "-g", "history-limit", "50000", ";",
             "new-session", "-d", "-s", "nex", "-x", "120", "-y", "40",
             "-c", str(nex_env.work), "/bin/sh", "-c", script,
         )  # fmt: skip
@@ -280,3 +285,67 @@ def test_the_status_line_shows_the_sandbox_and_opting_in_confines_bash(
         pane.send("write outside")
         pane.wait("tried")
     assert not outside.exists()
+
+
+# -- typeahead: nothing typed while an answer finishes is ever lost ----------------------------
+STRESS_TRIALS = 200
+
+
+def _last_user(body: dict) -> str:
+    return next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+
+
+def _wait_requests(
+    pane: Pane, srv: StubServer, count: int, what: str, timeout: float = 15.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while len(srv.requests) < count:
+        if time.monotonic() > deadline:
+            seen = [_last_user(r) for r in srv.requests[-3:]]
+            raise AssertionError(
+                f"{what}: the stub has {len(srv.requests)} requests, the last "
+                f"for {seen}; expected {count}; screen:\n{pane.screen()}"
+            )
+            # (a lost Enter leaves the message at the prompt and never sends it)
+        time.sleep(0.005)
+
+
+def test_messages_typed_as_answers_end_are_never_lost_or_merged(repl) -> None:
+    """200 trials: the next message is typed 0-500 ms after the answer's request reached the
+    stub, i.e. while it streams (~0.2 s), as its markdown is re-rendered, and once the prompt is
+    back; every other turn runs a tool first. Each message must reach the stub once, in order,
+    and each answer be on screen once."""
+    rng = random.Random(16)
+    replies: list[dict] = []
+    expected_requests: list[str] = []  # the user message each request answers
+    for i in range(STRESS_TRIALS + 1):
+        if i % 2 == 0:
+            call = {"name": "bash", "arguments": {"command": f"echo tool-{i}"}}
+            replies.append({"tool_calls": [call]})
+            expected_requests.append(f"question {i}")
+        answer = f"**reply-{i}** done\n\n- item {i}"
+        replies.append({"content": answer, "chunk_size": 4, "chunk_delay": 0.02})
+        expected_requests.append(f"question {i}")
+    with stub_server({"replies": replies}, strict=True) as srv:
+        pane = repl(srv, "--context-window", "10000000")
+        pane.send("question 0")
+        offsets = []
+        for i in range(STRESS_TRIALS):
+            # The request that streams answer i has arrived: type the next message around its end.
+            upto = max(k for k, q in enumerate(expected_requests) if q == f"question {i}") + 1
+            _wait_requests(pane, srv, upto, f"trial {i}")
+            offsets.append(rng.uniform(0.0, 0.5))
+            time.sleep(offsets[-1])
+            pane.send(f"question {i + 1}")
+        _wait_requests(pane, srv, len(expected_requests), "the last message")
+        screen = pane.wait(f"reply-{STRESS_TRIALS} done", "the last answer")
+        pane.wait_prompt()
+        screen = pane.screen()
+        assert srv.rejections == []
+        assert [_last_user(r) for r in srv.requests] == expected_requests
+        users = [m["content"] for m in srv.requests[-1]["messages"] if m["role"] == "user"]
+        assert users == [f"question {i}" for i in range(STRESS_TRIALS + 1)]
+        for i in range(STRESS_TRIALS + 1):
+            shown = len(re.findall(rf"reply-{i}\b", screen))
+            assert shown == 1, f"answer {i} is on screen {shown} times; screen:\n{screen}"
+        assert "**reply-" not in screen  # every raw stream was replaced by its rendering
