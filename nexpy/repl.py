@@ -1,10 +1,15 @@
 """The REPL: a person talks to the agent in a terminal.
 
 One asyncio loop runs everything: prompt-toolkit reads a message (`prompt_async`), the agent
-answers in a task the person can cancel with Ctrl-C, and the answer streams to stdout as it
-arrives. When it is complete and has markdown in it, the raw lines are erased and rich renders
+answers in a task the person can cancel with Esc or Ctrl-C, and the answer streams to stdout as
+it arrives. When it is complete and has markdown in it, the raw lines are erased and rich renders
 it once. Tool activity, warnings and errors go to stderr through the event stream, so stdout
 carries only answers and the REPL's own UI.
+
+Typeahead is never lost: the terminal stays in raw mode for the whole session (a key typed
+between two prompts waits in the kernel untranslated, an Enter stays an Enter), and the prompt
+keeps reading while an answer streams, printed above it. A message submitted then is queued,
+shown in the status line, and sent when the turn ends.
 
 Lines starting with `/` are commands and never reach the model; `//text` sends `/text`.
 """
@@ -16,17 +21,24 @@ import contextlib
 import io
 import os
 import re
+import select
 import shutil
 import signal
 import sys
-import termios
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.application import Application, in_terminal
+from prompt_toolkit.buffer import Buffer
+from prompt_toolkit.filters import Condition
+from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.history import FileHistory
-from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.input.typeahead import get_typeahead, store_typeahead
+from prompt_toolkit.input.vt100 import Vt100Input
+from prompt_toolkit.input.vt100_parser import Vt100Parser
+from prompt_toolkit.key_binding import KeyBindings, KeyPress, KeyPressEvent
 from prompt_toolkit.styles import Style
 from prompt_toolkit.utils import get_cwidth
 
@@ -43,9 +55,11 @@ PROMPT = "› "
 HISTORY_FILE = "repl_history"
 
 KEYS_HELP = (
-    "Enter sends · Alt-Enter or Esc Enter adds a line · Ctrl-C cancels an answer or clears "
-    "the line · Ctrl-D quits · //text sends /text"
+    "Enter sends · Alt-Enter or Esc Enter adds a line · Enter while an answer comes queues the "
+    "message · Esc or Ctrl-C cancels an answer (queued text comes back) or clears the line · "
+    "Ctrl-D quits · //text sends /text"
 )
+ESCAPE_WAIT = 0.3  # seconds a lone Esc waits to see whether Enter follows (Esc Enter adds a line)
 
 # Markdown worth a re-render: block syntax at a line start, or unambiguous inline markup.
 # Single `*` or `_` emphasis is left out: "2*3*4" and snake_case names are not markdown.
@@ -110,47 +124,110 @@ def rows_above_cursor(text: str, width: int) -> int:
 
 
 # -- the terminal --------------------------------------------------------------------------------
+def wrap_cells(text: str, width: int) -> str:
+    """`text` with a newline wherever the terminal would wrap it at `width` columns."""
+    rows: list[str] = []
+    for line in text.expandtabs(8).split("\n"):
+        row, used = "", 0
+        for char in line:
+            cells = get_cwidth(char)
+            if used + cells > width and row:
+                rows.append(row)
+                row, used = "", 0
+            row += char
+            used += cells
+        rows.append(row)
+    return "\n".join(rows)
+
+
 class Terminal:
     """Writes the answer stream and the progress lines, keeping track of where the cursor is.
 
     Streamed text and progress lines share one screen: a progress line must start on a fresh
     line, and only the text streamed since the last progress line can be erased and re-rendered.
+
+    While the prompt reads (`live` returns its running application), everything is printed above
+    it: the prompt is erased, whole lines are written, and it is drawn again below them. The
+    unfinished last line of a streaming answer (`pending`) is shown inside the prompt instead, so
+    the prompt always starts at a line start.
     """
 
-    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        live: Callable[[], Application[Any] | None] | None = None,
+    ) -> None:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
+        self.live = live
         self.at_line_start = True
+        self.pending = ""  # streamed text of the current line not yet written above the prompt
         self._streamed: list[str] = []  # answer pieces written since the last progress line
+
+    def _app(self) -> Application[Any] | None:
+        app = self.live() if self.live is not None else None
+        return app if app is not None and app.is_running and not app.is_done else None
+
+    def _above(self, write: Callable[[], None]) -> None:
+        """Run `write` (whole lines) on the screen, above the prompt if one is reading."""
+        app = self._app()
+        if app is not None:
+            # Erasing resets the renderer, which switches bracketed paste off until the next
+            # draw: a paste arriving meanwhile would submit at its first newline. Keep it on.
+            renderer = app.renderer
+            paste_on = renderer._bracketed_paste_enabled
+            renderer._bracketed_paste_enabled = False
+            renderer.erase()  # the cursor is now where the prompt started: a line start
+            renderer._bracketed_paste_enabled = paste_on
+        write()
+        if app is not None:
+            # As prompt-toolkit's own `in_terminal` does: learn where the prompt now starts
+            # (the status line is drawn only once that is known), then draw it again.
+            app._request_absolute_cursor_position()
+            app.invalidate()
+
+    def _write(self, stream: TextIO, text: str) -> None:
+        def write() -> None:
+            stream.write(text)
+            stream.flush()
+
+        self._above(write)
 
     def text(self, piece: str) -> None:
         """One streamed piece of the answer, shown at once."""
         if not piece:
             return
-        self.out.write(piece)
-        self.out.flush()
         self._streamed.append(piece)
         self.at_line_start = piece.endswith("\n")
+        self.pending += piece
+        app = self._app()
+        if app is None:
+            shown, self.pending = self.pending, ""
+        else:
+            head, newline, self.pending = self.pending.rpartition("\n")
+            shown = head + newline
+            app.invalidate()  # the prompt shows the new `pending`
+        if shown:
+            self._write(self.out, shown)
 
     def break_line(self) -> None:
         """Move to the start of a fresh line if the cursor is not at one."""
         if not self.at_line_start:
-            self.out.write("\n")
-            self.out.flush()
+            shown, self.pending = self.pending + "\n", ""
+            self._write(self.out, shown)
             self.at_line_start = True
 
     def say(self, text: str) -> None:
         """A line of the REPL's own UI, on stdout."""
         self.break_line()
-        self.out.write(text.rstrip("\n") + "\n")
-        self.out.flush()
+        self._write(self.out, text.rstrip("\n") + "\n")
         self._streamed.clear()
 
     def note(self, text: str) -> None:
         """Progress, warnings and errors, on stderr, each on a line of its own."""
         self.break_line()
-        self.err.write(text if text.endswith("\n") else text + "\n")
-        self.err.flush()
+        self._write(self.err, text if text.endswith("\n") else text + "\n")
         self._streamed.clear()
 
     def begin_answer(self) -> None:
@@ -169,15 +246,28 @@ class Terminal:
         # stream) is printed whole.
         matches = streamed.strip() == answer.strip()
         if self.out.isatty() and has_markdown(answer) and (matches or not streamed):
-            if streamed and not self._erase(streamed):
+            # What is on the screen: the stream less the line still pending in the prompt.
+            shown = streamed[: len(streamed) - len(self.pending)]
+            rendered = False
+
+            def rerender() -> None:
+                nonlocal rendered
+                if streamed and not self._erase(shown):
+                    return
+                self._render_markdown(answer)
+                rendered = True
+
+            self._above(rerender)
+            if rendered:
+                self.pending = ""
+                self.at_line_start = True
+            else:
                 self.break_line()
-                return
-            self._render_markdown(answer)
-            self.at_line_start = True
             return
         if not streamed:
-            self.out.write(answer)
-        self.at_line_start = (streamed or answer).endswith("\n")
+            self._write(self.out, answer if answer.endswith("\n") else answer + "\n")
+            self.at_line_start = True
+            return
         self.break_line()
 
     def _erase(self, streamed: str) -> bool:
@@ -226,27 +316,33 @@ class TerminalSink:
                 self.terminal.note(text)
 
 
-@contextlib.contextmanager
-def _no_echo(stream: TextIO) -> Iterator[None]:
-    """Keep keys typed while an answer streams from being echoed into it.
+class SessionInput(Vt100Input):
+    """stdin for the whole REPL session: raw from the first prompt to the end.
 
-    The typed keys stay queued and appear at the next prompt; Ctrl-C still raises SIGINT, and
-    the kernel no longer echoes a `^C` of its own beside ours.
+    prompt-toolkit puts the terminal back into cooked mode between prompts and while it prints
+    above one; a key typed then is translated by the kernel (Enter arrives as Ctrl-J, a newline)
+    or echoed. Kept raw, every key waits untranslated until a prompt reads it.
     """
-    try:
-        fd = stream.fileno()
-        saved = termios.tcgetattr(fd)
-    except (OSError, ValueError, termios.error, io.UnsupportedOperation):
-        yield
-        return
-    quiet = list(saved)
-    quiet[3] &= ~termios.ECHO
-    termios.tcsetattr(fd, termios.TCSANOW, quiet)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(termios.error):
-            termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+    def cooked_mode(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+def read_waiting_keys(stdin: SessionInput) -> list[KeyPress]:
+    """Take every key typed so far and not yet read by a prompt, without waiting for more."""
+    keys = get_typeahead(stdin)  # read by a prompt that ended before using them
+    fd = stdin.fileno()
+    data = b""
+    with contextlib.suppress(OSError):
+        while select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    parser = Vt100Parser(keys.append)
+    parser.feed(data.decode("utf-8", "replace"))
+    parser.flush()
+    return keys
 
 
 # -- the REPL ----------------------------------------------------------------------------------
@@ -260,19 +356,31 @@ class Repl:
         self.plan = plan
         self.opts = opts
         self.home = opts.home or state_home()
+        self.stdin = SessionInput(sys.stdin)
         self.terminal = Terminal()
         self.sink = TerminalSink(self.terminal, verbose=opts.verbose)
         self._generating: asyncio.Task[str] | None = None
+        self._cancelled_by = "^C"  # the key that cancelled the answer, for the note
         self._window_probe: asyncio.Task[None] | None = None
         self._confirm_prompt: PromptSession[str] | None = None
+        # The message (or command) being handled while the prompt reads on, and what was
+        # submitted meanwhile, to be handled in order when it is done.
+        self._work: asyncio.Task[None] | None = None
+        self._queue: list[str] = []
+        busy = Condition(lambda: self._work is not None)
         self.prompt = PromptSession[str](
             history=self._history(),
             multiline=True,
-            key_bindings=_key_bindings(),
+            key_bindings=_key_bindings(busy, self.enqueue, self.cancel),
             prompt_continuation=lambda width, line, wrap: " " * width,
             bottom_toolbar=self.toolbar,
-            style=Style.from_dict({"prompt": "bold"}),
+            style=Style.from_dict(
+                {"prompt": "bold", "bottom-toolbar.queued": "noreverse dim italic"}
+            ),
+            input=self.stdin,
         )
+        self.prompt.app.timeoutlen = ESCAPE_WAIT
+        self.terminal.live = lambda: self.prompt.app
         # Last: from here on the session is locked and `main` must end the run.
         self.run = Run(plan, opts, sinks=[self.sink], confirm=self.confirm)
 
@@ -307,13 +415,15 @@ class Repl:
                 self._window_probe = asyncio.create_task(self.run.agent.ensure_window())
             if first_message and first_message.strip():
                 self.terminal.say(PROMPT + first_message)
-                await self.send(first_message)
-            await self._read_loop()
+                self._start(first_message)
+            with self.stdin.raw_mode():
+                await self._read_loop()
         except BaseException as e:  # Ctrl-C, SIGTERM/SIGHUP, or a bug: never a completion
             outcome = outcome_of(e)
             if not isinstance(e, asyncio.CancelledError):
                 raise
         finally:
+            await self._stop_work()
             with contextlib.suppress(RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGINT)
             # remove_signal_handler resets SIGINT to Python's default; put back what asyncio.run
@@ -323,32 +433,91 @@ class Repl:
         return outcome.code
 
     async def _read_loop(self) -> None:
+        """Read lines until Ctrl-D or /quit; the prompt reads on while a line is handled."""
         while True:
             try:
-                text = await self.prompt.prompt_async([("class:prompt", PROMPT)])
+                text = await self.prompt.prompt_async(self._prompt_message)
             except KeyboardInterrupt:
                 continue  # Ctrl-C at the prompt clears the line
             except EOFError:
-                return  # Ctrl-D at an empty prompt
+                return  # Ctrl-D at an empty prompt, or /quit
             finally:
                 # prompt-toolkit takes SIGINT over while it reads and drops it afterwards.
                 self._install_sigint()
-            action = parse_input(text)
-            if action is None:
-                continue
-            if isinstance(action, Command):
-                if await self.command(action):
+            self._start(text)
+
+    def _start(self, text: str) -> None:
+        """Handle a submitted line, and then the lines queued meanwhile, in a task of its own."""
+        self._work = asyncio.create_task(self._handle(text))
+
+    async def _handle(self, text: str) -> None:
+        try:
+            while True:
+                action = parse_input(text)
+                if isinstance(action, Command):
+                    if await self.command(action):
+                        self._leave()
+                        return
+                elif action is not None:
+                    await self.send(action)
+                if not self._queue:
                     return
-            else:
-                await self.send(action)
+                text = self._queue.pop(0)
+                self.terminal.say(PROMPT + text)  # where it would have been echoed
+        finally:
+            self._work = None
+            self.prompt.app.invalidate()  # the status line no longer says "answering"
+
+    def _leave(self) -> None:
+        """End the prompt as Ctrl-D does (for /quit, which runs while the prompt reads)."""
+        self._queue.clear()
+        app = self.prompt.app
+        if app.is_running and not app.is_done:
+            app.exit(exception=EOFError())
+        else:  # between two prompts: the next one ends at once
+            store_typeahead(self.stdin, [KeyPress("c-d")])
+
+    async def _stop_work(self) -> None:
+        work = self._work
+        if work is not None and not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+
+    def enqueue(self, buffer: Buffer) -> None:
+        """Enter while a line is handled: queue the text, to be sent when the turn ends."""
+        if buffer.text.strip():
+            self._queue.append(buffer.text)
+            buffer.append_to_history()
+            buffer.reset()
+
+    def cancel(self, buffer: Buffer, key: str) -> None:
+        """Esc or Ctrl-C while a line is handled: stop the answer; queued text comes back."""
+        if self._queue:
+            typed = buffer.text
+            buffer.text = "\n".join(self._queue) + ("\n" + typed if typed else "")
+            buffer.cursor_position = len(buffer.text)
+            self._queue.clear()
+        self._cancelled_by = key
+        if self._generating is not None:
+            self._generating.cancel()
+
+    def _prompt_message(self) -> StyleAndTextTuples:
+        """The prompt, below the unfinished line of a streaming answer."""
+        pending = self.terminal.pending
+        if not pending:
+            return [("class:prompt", PROMPT)]
+        width = self.prompt.app.output.get_size().columns
+        return [("", wrap_cells(pending, width) + "\n"), ("class:prompt", PROMPT)]
 
     def _install_sigint(self) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self._on_sigint)
 
     def _on_sigint(self) -> None:
-        """Ctrl-C while an answer is coming cancels it; at any other moment it does nothing."""
+        """SIGINT while an answer is coming cancels it; at any other moment it does nothing."""
         if self._generating is not None:
+            self._cancelled_by = "^C"
             self._generating.cancel()
 
     async def send(self, text: str) -> None:
@@ -357,13 +526,12 @@ class Repl:
         task = asyncio.ensure_future(self.run.agent.send(text, self.terminal.text))
         self._generating = task
         try:
-            with _no_echo(sys.stdin):
-                answer = await task
+            answer = await task
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if me is not None and me.cancelling():
                 raise  # the REPL itself is being stopped, not just this answer
-            self.terminal.note("^C (cancelled)")
+            self.terminal.note(f"{self._cancelled_by} (cancelled)")
             return
         except LimitReached as e:
             self.run.emitter.emit("warning", message=e.line())
@@ -386,14 +554,21 @@ class Repl:
         self.terminal.finish_answer(answer)
 
     async def confirm(self, name: str, args: dict[str, Any]) -> bool:
-        """Ask before a mutating tool runs (not used with --yes). Ctrl-C cancels the answer."""
+        """Ask before a mutating tool runs (not used with --yes). Ctrl-C cancels the answer.
+
+        Keys typed before the question is drawn belong to the next message, never to the
+        answer: they are taken before asking and given back to the main prompt afterwards.
+        """
         self.terminal.break_line()
         if self._confirm_prompt is None:
-            self._confirm_prompt = PromptSession[str]()
+            self._confirm_prompt = PromptSession[str](input=self.stdin)
+        held: list[KeyPress] = []
         try:
-            reply = await self._confirm_prompt.prompt_async(
-                f"run {describe_call(name, args)}? [y/N] "
-            )
+            async with in_terminal():  # hides the main prompt and stops it reading
+                held = read_waiting_keys(self.stdin)
+                reply = await self._confirm_prompt.prompt_async(
+                    f"run {describe_call(name, args)}? [y/N] "
+                )
         except EOFError:
             return False
         except KeyboardInterrupt:
@@ -401,7 +576,19 @@ class Repl:
             raise asyncio.CancelledError from None
         finally:
             self._install_sigint()
+            self._give_back(held + get_typeahead(self.stdin))
         return reply.strip().lower() in ("y", "yes")
+
+    def _give_back(self, keys: list[KeyPress]) -> None:
+        """Hand keys to the main prompt, as if it had read them itself."""
+        if not keys:
+            return
+        app = self.prompt.app
+        if app.is_running and not app.is_done:
+            app.key_processor.feed_multiple(keys)
+            app.key_processor.process_keys()
+        else:
+            store_typeahead(self.stdin, keys)
 
     # -- UI -----------------------------------------------------------------------------------
     def banner(self) -> None:
@@ -411,14 +598,22 @@ class Repl:
         self.terminal.say(f"nex {__version__} · {self.plan.spec} · session {session.id}{resumed}")
         self.terminal.say("/help lists commands · " + KEYS_HELP.split(" · ")[0] + " · Ctrl-D quits")
 
-    def toolbar(self) -> str:
+    def toolbar(self) -> StyleAndTextTuples:
         agent = self.run.agent
         totals = agent.totals
-        return (
-            f" {self.plan.spec} │ context {_context(agent.context_used, agent.window)} │ "
-            f"tokens in {totals.input_tokens:,} out {totals.output_tokens:,} │ "
-            f"sandbox {self.plan.sandbox.mode} │ /help"
-        )
+        busy = " answering · Esc cancels │" if self._work is not None else ""
+        line: StyleAndTextTuples = [
+            (
+                "",
+                f"{busy} {self.plan.spec} │ context {_context(agent.context_used, agent.window)} "
+                f"│ tokens in {totals.input_tokens:,} out {totals.output_tokens:,} │ "
+                f"sandbox {self.plan.sandbox.mode} │ /help",
+            )
+        ]
+        for text in self._queue:
+            first = text.strip().split("\n", 1)[0]
+            line.append(("class:bottom-toolbar.queued", f"\n queued › {first}"))
+        return line
 
     async def command(self, cmd: Command) -> bool:
         """Run a slash command; True means quit."""
@@ -546,17 +741,33 @@ def _context(used: int, window: int | None) -> str:
     return f"{shown}/{window:,}{percent}"
 
 
-def _key_bindings() -> KeyBindings:
+def _key_bindings(
+    busy: Condition,
+    enqueue: Callable[[Buffer], None],
+    cancel: Callable[[Buffer, str], None],
+) -> KeyBindings:
     """Enter sends; Alt-Enter / Esc Enter (and Ctrl-J) add a line.
 
     prompt-toolkit's multiline mode is used for the editing (arrows move between lines) with
-    Enter rebound to submit. A bracketed paste inserts its newlines without submitting.
+    Enter rebound to submit. A bracketed paste inserts its newlines without submitting. While
+    a line is being handled (`busy`), Enter queues the text and Esc or Ctrl-C cancel the answer.
     """
     kb = KeyBindings()
 
     @kb.add("enter")
     def _submit(event: KeyPressEvent) -> None:
-        event.current_buffer.validate_and_handle()
+        if busy():
+            enqueue(event.current_buffer)
+        else:
+            event.current_buffer.validate_and_handle()
+
+    @kb.add("escape", filter=busy)
+    def _cancel_by_escape(event: KeyPressEvent) -> None:
+        cancel(event.current_buffer, "Esc")
+
+    @kb.add("c-c", filter=busy)
+    def _cancel_by_ctrl_c(event: KeyPressEvent) -> None:
+        cancel(event.current_buffer, "^C")
 
     @kb.add("escape", "enter")
     @kb.add("c-j")
