@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.application import Application, in_terminal
+from prompt_toolkit.application import Application, get_app_or_none, in_terminal
 from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.filters import Condition
 from prompt_toolkit.formatted_text import StyleAndTextTuples
@@ -380,7 +380,8 @@ class Repl:
             input=self.stdin,
         )
         self.prompt.app.timeoutlen = ESCAPE_WAIT
-        self.terminal.live = lambda: self.prompt.app
+        # Whichever prompt reads (this one, or the approval question), output goes above it.
+        self.terminal.live = get_app_or_none
         # Last: from here on the session is locked and `main` must end the run.
         self.run = Run(plan, opts, sinks=[self.sink], confirm=self.confirm)
 

@@ -75,6 +75,10 @@ class Pane:
         text = self.tmux("capture-pane", "-p", "-J", "-S", "-", "-t", "nex")
         return "\n".join(line.rstrip() for line in text.split("\n"))
 
+    def styled(self) -> str:
+        """The visible pane with its colours and attributes, as escape sequences."""
+        return self.tmux("capture-pane", "-p", "-e", "-t", "nex")
+
     def wait(
         self, check: Callable[[str], bool] | str, what: str = "", timeout: float = WAIT
     ) -> str:
@@ -296,7 +300,7 @@ def _last_user(body: dict) -> str:
 
 
 def _wait_requests(
-    pane: Pane, srv: StubServer, count: int, what: str, timeout: float = 15.0
+    pane: Pane, srv: StubServer, count: int, what: str, timeout: float = WAIT
 ) -> None:
     deadline = time.monotonic() + timeout
     while len(srv.requests) < count:
@@ -349,3 +353,79 @@ def test_messages_typed_as_answers_end_are_never_lost_or_merged(repl) -> None:
             shown = len(re.findall(rf"reply-{i}\b", screen))
             assert shown == 1, f"answer {i} is on screen {shown} times; screen:\n{screen}"
         assert "**reply-" not in screen  # every raw stream was replaced by its rendering
+
+
+# -- queued messages ----------------------------------------------------------------------------
+SLOW = {"content": "one two three four five six seven eight nine ten", "chunk_delay": 0.4}
+
+
+def test_a_message_submitted_while_an_answer_streams_is_queued_then_sent(repl) -> None:
+    with stub_server({"replies": [SLOW], "default": {"echo": True}}, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("first")
+        pane.wait(lambda s: "one" in s.partition("› first")[2], "the answer to stream")
+        pane.send("second")
+        pane.wait("queued › second", "the queued message in the status line")
+        assert len(srv.requests) == 1  # held back while the first answer streams
+        line = next(row for row in pane.styled().split("\n") if "queued › second" in row)
+        assert re.search(r"\x1b\[(?:[0-9;]*;)?2[;m]", line), f"not dimmed: {line!r}"
+        screen = pane.wait("echo: second")
+        pane.wait_prompt()
+        assert srv.rejections == []
+        assert _messages(srv.requests[1]) == [
+            ("user", "first"),
+            ("assistant", SLOW["content"]),
+            ("user", "second"),
+        ]
+        # Shown in order: the whole first answer, then the queued message, then its answer.
+        after = screen.partition("› first")[2]
+        assert after.index("nine ten") < after.index("› second") < after.index("echo: second")
+        assert "queued ›" not in pane.screen()
+
+
+@pytest.mark.parametrize(("key", "shown"), [("Escape", "Esc"), ("C-c", "^C")])
+def test_cancelling_an_answer_puts_the_queued_text_back_in_the_prompt(
+    repl, key: str, shown: str
+) -> None:
+    with stub_server({"replies": [SLOW], "default": {"echo": True}}, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("first")
+        pane.wait(lambda s: "one" in s.partition("› first")[2], "the answer to stream")
+        pane.send("not yet")
+        pane.wait("queued › not yet", "the queued message")
+        pane.keys(key)
+        pane.wait(f"{shown} (cancelled)")
+        screen = pane.wait_prompt()
+        prompt_line = [row for row in screen.split("\n") if row.startswith("›")][-1]
+        assert prompt_line == "› not yet"  # back for editing, not sent
+        assert "queued ›" not in screen
+        time.sleep(1.0)
+        assert len(srv.requests) == 1
+        pane.type(", now")
+        pane.keys("Enter")
+        pane.wait("echo: not yet, now")
+        assert srv.rejections == []
+        assert _messages(srv.requests[1])[-1] == ("user", "not yet, now")
+
+
+def test_the_approval_question_ignores_keys_typed_before_it_was_drawn(
+    repl, nex_env: NexEnv
+) -> None:
+    call = {"name": "bash", "arguments": {"command": "echo ran > ran.txt"}}
+    script = {
+        "replies": [{"tool_calls": [call], "delay": 2.0}, {"content": "done"}],
+        "default": {"echo": True},
+    }
+    with stub_server(script, strict=True) as srv:
+        pane = repl(srv, ask=True)
+        pane.send("do it")
+        pane.send("y")  # typed before the question: the next message, not its answer
+        pane.wait("[y/N]", "the approval question")
+        time.sleep(1.0)
+        assert not (nex_env.work / "ran.txt").exists()
+        assert len(srv.requests) == 1  # the question still waits for its answer
+        pane.send("n")
+        pane.wait("echo: y", "the queued message, sent after the turn")
+        assert not (nex_env.work / "ran.txt").exists()
+        assert srv.rejections == []
+        assert [_last_user(r) for r in srv.requests] == ["do it", "do it", "y"]
