@@ -314,6 +314,7 @@ def _wait_requests(
         time.sleep(0.005)
 
 
+@pytest.mark.timeout(600)  # ~0.6 s a trial, plus litellm's import on a busy machine
 def test_messages_typed_as_answers_end_are_never_lost_or_merged(repl) -> None:
     """200 trials: the next message is typed 0-500 ms after the answer's request reached the
     stub, i.e. while it streams (~0.2 s), as its markdown is re-rendered, and once the prompt is

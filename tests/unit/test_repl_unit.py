@@ -11,12 +11,15 @@ import pytest
 from nexpy.errors import UsageError
 from nexpy.repl import (
     Command,
+    SessionInput,
     Terminal,
     TerminalSink,
     copy_session,
     has_markdown,
     parse_input,
+    read_waiting_keys,
     rows_above_cursor,
+    wrap_cells,
 )
 from nexpy.session import Session
 
@@ -175,6 +178,87 @@ def test_only_text_after_the_last_progress_line_is_rerendered(
     shown = out.getvalue()
     assert shown.startswith("Let me look.\nIt is `fine`.\r\x1b[J")
     assert err.getvalue() == "→ read_file: a.py\n"
+
+
+class FakeRenderer:
+    def __init__(self, out: io.StringIO) -> None:
+        self.out = out
+        self._bracketed_paste_enabled = True
+        self.paste_seen_by_erase: list[bool] = []
+
+    def erase(self) -> None:
+        self.paste_seen_by_erase.append(self._bracketed_paste_enabled)
+        self.out.write("<erase>")
+
+
+class FakePrompt:
+    """A prompt that is reading: what `Terminal` needs of prompt-toolkit's Application."""
+
+    def __init__(self, out: io.StringIO) -> None:
+        self.is_running, self.is_done = True, False
+        self.renderer = FakeRenderer(out)
+        self.redraws = 0
+
+    def _request_absolute_cursor_position(self) -> None:
+        pass
+
+    def invalidate(self) -> None:
+        self.redraws += 1
+
+
+def test_with_a_prompt_reading_whole_lines_go_above_it_and_the_rest_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    term, out, err = _terminal(monkeypatch, tty=True)
+    prompt = FakePrompt(out)
+    term.live = lambda: prompt  # type: ignore[assignment,return-value]
+    for piece in ("Hel", "lo\nwor", "ld"):
+        term.text(piece)
+    assert out.getvalue() == "<erase>Hello\n"
+    assert term.pending == "world"  # shown inside the prompt, which starts at a line start
+    term.note("→ bash: ls")
+    assert out.getvalue() == "<erase>Hello\n<erase>world\n<erase>"
+    assert err.getvalue() == "→ bash: ls\n"
+    assert term.pending == "" and prompt.redraws >= 3
+    # Erasing must not switch bracketed paste off: a paste would then submit at a newline.
+    assert prompt.renderer.paste_seen_by_erase == [False, False, False]
+    assert prompt.renderer._bracketed_paste_enabled
+
+
+def test_with_a_prompt_reading_markdown_erases_only_the_lines_above_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    term, out, _err = _terminal(monkeypatch, tty=True)
+    prompt = FakePrompt(out)
+    term.live = lambda: prompt  # type: ignore[assignment,return-value]
+    answer = "some **bold** words\n- item"
+    _stream(term, answer)
+    assert term.pending == "- item"
+    term.finish_answer(answer)
+    raw, rendered = out.getvalue().split("<erase>\r\x1b[1A\x1b[J")
+    assert raw == "<erase>some **bold** words\n"
+    assert "•" in rendered and "**" not in rendered
+    assert term.pending == "" and term.at_line_start
+
+
+@pytest.mark.parametrize(
+    ("text", "width", "shown"),
+    [("abcdef", 3, "abc\ndef"), ("ab\ncd", 10, "ab\ncd"), ("日本語", 4, "日本\n語"), ("", 5, "")],
+)
+def test_wrap_cells_breaks_where_the_terminal_would(text: str, width: int, shown: str) -> None:
+    assert wrap_cells(text, width) == shown
+
+
+def test_read_waiting_keys_takes_what_was_typed_without_waiting() -> None:
+    master, slave = os.openpty()
+    with os.fdopen(slave, "r") as tty:
+        stdin = SessionInput(tty)
+        with stdin.raw_mode():  # as for the whole REPL session; cooked, Enter would be "\n"
+            os.write(master, b"y\r\x1b[A")
+            keys = read_waiting_keys(stdin)
+            assert [k.data for k in keys] == ["y", "\r", "\x1b[A"]
+            assert read_waiting_keys(stdin) == []  # and returns at once when nothing waits
+    os.close(master)
 
 
 def test_sink_shows_tools_and_errors_but_not_answer_text() -> None:
