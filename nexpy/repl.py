@@ -367,6 +367,7 @@ class Repl:
         # submitted meanwhile, to be handled in order when it is done.
         self._work: asyncio.Task[None] | None = None
         self._queue: list[str] = []
+        self._leaving = False
         busy = Condition(lambda: self._work is not None)
         self.prompt = PromptSession[str](
             history=self._history(),
@@ -435,7 +436,7 @@ class Repl:
 
     async def _read_loop(self) -> None:
         """Read lines until Ctrl-D or /quit; the prompt reads on while a line is handled."""
-        while True:
+        while not self._leaving:
             try:
                 text = await self.prompt.prompt_async(self._prompt_message)
             except KeyboardInterrupt:
@@ -471,12 +472,11 @@ class Repl:
 
     def _leave(self) -> None:
         """End the prompt as Ctrl-D does (for /quit, which runs while the prompt reads)."""
+        self._leaving = True
         self._queue.clear()
         app = self.prompt.app
         if app.is_running and not app.is_done:
             app.exit(exception=EOFError())
-        else:  # between two prompts: the next one ends at once
-            store_typeahead(self.stdin, [KeyPress("c-d")])
 
     async def _stop_work(self) -> None:
         work = self._work
