@@ -357,7 +357,12 @@ def test_messages_typed_as_answers_end_are_never_lost_or_merged(repl) -> None:
 
 
 # -- queued messages ----------------------------------------------------------------------------
-SLOW = {"content": "one two three four five six seven eight nine ten", "chunk_delay": 0.4}
+# 15 words, one every 0.4 s: 6 s of streaming, time enough to type and queue on a busy machine.
+SLOW = {
+    "content": "one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen",
+    "chunk_delay": 0.4,
+}
 
 
 def test_a_message_submitted_while_an_answer_streams_is_queued_then_sent(repl) -> None:
@@ -380,7 +385,9 @@ def test_a_message_submitted_while_an_answer_streams_is_queued_then_sent(repl) -
         ]
         # Shown in order: the whole first answer, then the queued message, then its answer.
         after = screen.partition("› first")[2]
-        assert after.index("nine ten") < after.index("› second") < after.index("echo: second")
+        assert (
+            after.index("fourteen fifteen") < after.index("› second") < after.index("echo: second")
+        )
         assert "queued ›" not in pane.screen()
 
 
