@@ -302,6 +302,7 @@ def _last_user(body: dict) -> str:
 def _wait_requests(
     pane: Pane, srv: StubServer, count: int, what: str, timeout: float = WAIT
 ) -> None:
+    """Wait until the stub has `count` requests; a lost Enter leaves a message unsent."""
     deadline = time.monotonic() + timeout
     while len(srv.requests) < count:
         if time.monotonic() > deadline:
@@ -310,16 +311,16 @@ def _wait_requests(
                 f"{what}: the stub has {len(srv.requests)} requests, the last "
                 f"for {seen}; expected {count}; screen:\n{pane.screen()}"
             )
-            # (a lost Enter leaves the message at the prompt and never sends it)
         time.sleep(0.005)
 
 
 @pytest.mark.timeout(600)  # ~0.6 s a trial, plus litellm's import on a busy machine
 def test_messages_typed_as_answers_end_are_never_lost_or_merged(repl) -> None:
-    """200 trials: the next message is typed 0-500 ms after the answer's request reached the
-    stub, i.e. while it streams (~0.2 s), as its markdown is re-rendered, and once the prompt is
-    back; every other turn runs a tool first. Each message must reach the stub once, in order,
-    and each answer be on screen once."""
+    """200 trials in one session: the next message is typed 0-500 ms after the request for the
+    answer reached the stub. The answer streams for ~150 ms (7 pieces, 20 ms apart), so the keys
+    land while it streams (and are queued), as its markdown is re-rendered, and at the idle
+    prompt; every other turn runs a tool first. Each message must reach the stub once, in
+    order, and each answer be on screen once."""
     rng = random.Random(16)
     replies: list[dict] = []
     expected_requests: list[str] = []  # the user message each request answers
@@ -334,18 +335,15 @@ def test_messages_typed_as_answers_end_are_never_lost_or_merged(repl) -> None:
     with stub_server({"replies": replies}, strict=True) as srv:
         pane = repl(srv, "--context-window", "10000000")
         pane.send("question 0")
-        offsets = []
         for i in range(STRESS_TRIALS):
             # The request that streams answer i has arrived: type the next message around its end.
             upto = max(k for k, q in enumerate(expected_requests) if q == f"question {i}") + 1
             _wait_requests(pane, srv, upto, f"trial {i}")
-            offsets.append(rng.uniform(0.0, 0.5))
-            time.sleep(offsets[-1])
+            time.sleep(rng.uniform(0.0, 0.5))
             pane.send(f"question {i + 1}")
         _wait_requests(pane, srv, len(expected_requests), "the last message")
-        screen = pane.wait(f"reply-{STRESS_TRIALS} done", "the last answer")
-        pane.wait_prompt()
-        screen = pane.screen()
+        pane.wait(f"reply-{STRESS_TRIALS} done", "the last answer")
+        screen = pane.wait_prompt()
         assert srv.rejections == []
         assert [_last_user(r) for r in srv.requests] == expected_requests
         users = [m["content"] for m in srv.requests[-1]["messages"] if m["role"] == "user"]
