@@ -169,10 +169,12 @@ class Terminal:
         app = self.live() if self.live is not None else None
         return app if app is not None and app.is_running and not app.is_done else None
 
-    def _above(self, write: Callable[[], None]) -> None:
-        """Run `write` (whole lines) on the screen, above the prompt if one is reading."""
+    def _above(self, write: Callable[[], None], rows: int | None = None) -> None:
+        """Run `write` (whole lines, `rows` rows if known) above the prompt if one is reading."""
         app = self._app()
+        available = 0
         if app is not None:
+            available = app.renderer._min_available_height
             # Erasing resets the renderer, which switches bracketed paste off until the next
             # draw: a paste arriving meanwhile would submit at its first newline. Keep it on.
             renderer = app.renderer
@@ -182,8 +184,11 @@ class Terminal:
             renderer._bracketed_paste_enabled = paste_on
         write()
         if app is not None:
-            # As prompt-toolkit's own `in_terminal` does: learn where the prompt now starts
-            # (the status line is drawn only once that is known), then draw it again.
+            # The status line is drawn only while the rows below the prompt are known; the
+            # prompt now starts `rows` lower, so say so rather than hide the status line until
+            # the terminal answers where the cursor is (asked for as `in_terminal` does).
+            if rows is not None and available:
+                app.renderer._min_available_height = max(1, available - rows)
             app._request_absolute_cursor_position()
             app.invalidate()
 
@@ -192,7 +197,8 @@ class Terminal:
             stream.write(text)
             stream.flush()
 
-        self._above(write)
+        # `text` ends with a newline: the rows above the cursor after it are the rows it took.
+        self._above(write, rows_above_cursor(text, shutil.get_terminal_size().columns))
 
     def text(self, piece: str) -> None:
         """One streamed piece of the answer, shown at once."""

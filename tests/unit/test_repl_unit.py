@@ -184,10 +184,12 @@ class FakeRenderer:
     def __init__(self, out: io.StringIO) -> None:
         self.out = out
         self._bracketed_paste_enabled = True
+        self._min_available_height = 30  # rows from the prompt to the bottom of the screen
         self.paste_seen_by_erase: list[bool] = []
 
     def erase(self) -> None:
         self.paste_seen_by_erase.append(self._bracketed_paste_enabled)
+        self._min_available_height = 0  # what a real erase (a renderer reset) forgets
         self.out.write("<erase>")
 
 
@@ -216,6 +218,8 @@ def test_with_a_prompt_reading_whole_lines_go_above_it_and_the_rest_waits(
         term.text(piece)
     assert out.getvalue() == "<erase>Hello\n"
     assert term.pending == "world"  # shown inside the prompt, which starts at a line start
+    # The prompt starts a row lower, and still knows it: its status line never blinks out.
+    assert prompt.renderer._min_available_height == 29
     term.note("→ bash: ls")
     assert out.getvalue() == "<erase>Hello\n<erase>world\n<erase>"
     assert err.getvalue() == "→ bash: ls\n"
