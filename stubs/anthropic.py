@@ -216,6 +216,10 @@ class AnthropicServer(ScriptedServer):
         fault = reply.get("fault")
         if fault in ("status", "html"):
             return status_fault(reply, fault, _error_body)
+        if fault in ("unfinished", "repeat", "event_error"):
+            return web.json_response(
+                _error_body(500, f"stub: fault {fault!r} is not scripted for this API"), status=500
+            )
         message = _Message(reply, body, self.script.model)
         if not body.get("stream"):
             if fault == "hang":
@@ -226,7 +230,7 @@ class AnthropicServer(ScriptedServer):
         events = message.events()
         resp = await self._open_stream(request)
         after = int(reply.get("after_chunks") or 0)
-        if fault in ("hang", "drop", "malformed", "stream_error"):
+        if fault in ("hang", "drop", "cut", "malformed", "stream_error"):
             events = events[:after]
         elif fault == "empty":
             events = []
@@ -235,8 +239,8 @@ class AnthropicServer(ScriptedServer):
             await self._hang(request)
             self._abort(request)
             return resp
-        if fault == "drop":
-            self._abort(request)
+        if fault in ("drop", "cut"):
+            (self._abort if fault == "drop" else self._cut)(request)
             return resp
         if fault == "malformed":
             await resp.write(b"event: content_block_delta\ndata: {not json\n\n")

@@ -312,8 +312,9 @@ class StubServer(ScriptedServer):
         host: str = "127.0.0.1",
         port: int = 0,
         chat_template: str = DEFAULT_CHAT_TEMPLATE,
+        framing: str = "chunked",
     ) -> None:
-        super().__init__(script, record=record, host=host, port=port)
+        super().__init__(script, record=record, host=host, port=port, framing=framing)
         self.strict = strict
         self.window = window  # read on every request: tests may change it at runtime
         self.chat_template = chat_template
@@ -427,7 +428,7 @@ class StubServer(ScriptedServer):
         answer = _Answer(reply, body, self._next_call_id)
         if stream:
             return await self._stream(request, body, reply, answer)
-        return web.json_response(self._completion(body, answer))
+        return await self._body(request, _dumps(self._completion(body, answer)))
 
     def _completion(self, body: Mapping[str, Any], answer: _Answer) -> dict[str, Any]:
         return {
@@ -543,18 +544,54 @@ class StubServer(ScriptedServer):
             self._abort(request)
             return web.Response(status=204)
 
-        if fault == "drop":
+        if fault in ("drop", "cut"):
+            cut = self._abort if fault == "drop" else self._cut
             answer = _Answer(reply, body, self._next_call_id)
             if stream:
                 resp = await self._open_stream(request)
                 await self._send(resp, self._chunks(body, answer)[:after], chunk_delay)
             else:
                 data = _dumps(self._completion(body, answer))
-                resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
-                resp.content_length = len(data)
-                await resp.prepare(request)
-                await resp.write(data[: len(data) // 2])
-            self._abort(request)
+                resp = await self._body(request, data, upto=len(data) // 2)
+            cut(request)
+            return resp
+
+        if fault == "unfinished":
+            # The whole answer but its end: no finish_reason and no [DONE] (the server process
+            # died between the last token and the finish), yet the body itself ends properly.
+            answer = _Answer(reply, body, self._next_call_id)
+            if not stream:
+                completion = self._completion(body, answer)
+                completion["choices"][0]["finish_reason"] = None
+                return await self._body(request, _dumps(completion))
+            resp = await self._open_stream(request)
+            events = [e for e in self._chunks(body, answer) if b'"finish_reason":null' in e]
+            await self._send(resp, events, chunk_delay)
+            await resp.write_eof()
+            return resp
+
+        if fault == "repeat":
+            # A server stuck in a loop: the same content chunk forever, until the client leaves.
+            answer = _Answer(reply, body, self._next_call_id)
+            events = self._chunks(body, answer)
+            resp = await self._open_stream(request)
+            await resp.write(events[0])
+            while not self._stopping_now(request):
+                await resp.write(events[1])
+                await asyncio.sleep(chunk_delay)
+            return resp
+
+        if fault == "event_error":
+            resp = await self._open_stream(request)
+            if after:
+                answer = _Answer(reply, body, self._next_call_id)
+                await self._send(resp, self._chunks(body, answer)[:after], chunk_delay)
+            err = reply.get("body")
+            if err is None:
+                err = _error_body(500, "stub fault: an error event in the middle of a stream")
+            payload = err.encode() if isinstance(err, str) else _dumps(err)
+            await resp.write(b"event: error\ndata: " + payload + b"\n\n")
+            await resp.write_eof()
             return resp
 
         if fault == "malformed":

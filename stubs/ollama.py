@@ -66,8 +66,9 @@ class OllamaServer(ScriptedServer):
         context_length: int = 32768,
         host: str = "127.0.0.1",
         port: int = 0,
+        framing: str = "chunked",
     ) -> None:
-        super().__init__(script, host=host, port=port)
+        super().__init__(script, host=host, port=port, framing=framing)
         self.context_length = context_length
         self._shows: list[Any] = []
 
@@ -235,7 +236,7 @@ class OllamaServer(ScriptedServer):
         if fault is not None:
             return await self._ollama_fault(request, body, reply, answer, fault, stream)
         if not stream:
-            return web.json_response(self._whole(body, answer))
+            return await self._body(request, json.dumps(self._whole(body, answer)).encode())
         resp = await self._open_ndjson(request)
         await self._send(resp, self._lines(body, answer), float(reply.get("chunk_delay") or 0))
         await resp.write_eof()
@@ -277,10 +278,34 @@ class OllamaServer(ScriptedServer):
             await self._hang(request)
             self._abort(request)
             return web.Response(status=204)
-        if fault == "drop":
+        if fault in ("drop", "cut"):
+            cut = self._abort if fault == "drop" else self._cut
+            if not stream:
+                data = json.dumps(self._whole(body, answer)).encode()
+                resp = await self._body(request, data, upto=len(data) // 2)
+                cut(request)
+                return resp
             resp = await self._open_ndjson(request)
             await self._send(resp, self._lines(body, answer)[:after], chunk_delay)
-            self._abort(request)
+            cut(request)
+            return resp
+        if fault == "unfinished":
+            # Every line but the last, `done: true` one; the body itself ends properly.
+            if not stream:
+                whole = self._whole(body, answer)
+                whole["done"] = False
+                whole.pop("done_reason", None)
+                return await self._body(request, json.dumps(whole).encode())
+            resp = await self._open_ndjson(request)
+            await self._send(resp, self._lines(body, answer)[:-1], chunk_delay)
+            await resp.write_eof()
+            return resp
+        if fault == "repeat":
+            resp = await self._open_ndjson(request)
+            line = self._lines(body, answer)[0]
+            while not self._stopping_now(request):
+                await resp.write(line)
+                await asyncio.sleep(chunk_delay)
             return resp
         if fault == "malformed":
             resp = await self._open_ndjson(request)

@@ -222,12 +222,16 @@ class ResponsesServer(ScriptedServer):
         fault = reply.get("fault")
         if fault in ("status", "html"):
             return status_fault(reply, fault, _error_body)
+        if fault in ("unfinished", "repeat", "event_error"):
+            return web.json_response(
+                _error_body(500, f"stub: fault {fault!r} is not scripted for this API"), status=500
+            )
         turn = _Turn(reply, body, self.script.model)
         events = turn.events()
         resp = await self._open_stream(request)
         delay = float(reply.get("chunk_delay") or 0)
         after = int(reply.get("after_chunks") or 0)
-        if fault in ("hang", "drop", "malformed", "stream_error"):
+        if fault in ("hang", "drop", "cut", "malformed", "stream_error"):
             events = events[:after]
         elif fault == "empty":
             events = []
@@ -235,15 +239,15 @@ class ResponsesServer(ScriptedServer):
         if fault == "hang":
             await self._hang(request)
             self._abort(request)
-        elif fault == "drop":
-            self._abort(request)
+        elif fault in ("drop", "cut"):
+            (self._abort if fault == "drop" else self._cut)(request)
         elif fault == "malformed":
             await resp.write(b"event: response.output_text.delta\ndata: {not json\n\n")
         elif fault == "stream_error":
             err = reply.get("body")
             message = err if isinstance(err, str) else "stub fault: error in the middle of a stream"
             await resp.write(turn.failed(message, "server_error"))
-        if fault not in ("hang", "drop"):
+        if fault not in ("hang", "drop", "cut"):
             await resp.write_eof()
         return resp
 

@@ -22,7 +22,19 @@ from typing import Any
 
 __all__ = ["FAULTS", "REPLY_KEYS", "Script"]
 
-FAULTS = ("status", "hang", "drop", "malformed", "empty", "html", "stream_error")
+FAULTS = (
+    "status",  # an HTTP error status (or a 200) with a scripted body
+    "hang",  # no reply, or stop mid-stream after `after_chunks`, until the client gives up
+    "drop",  # reset the connection (RST) mid-answer: after `after_chunks`, or half a body
+    "cut",  # close the connection cleanly (FIN) mid-answer, the same places as drop
+    "unfinished",  # the whole answer but its finish (no finish_reason/[DONE], no done: true)
+    "repeat",  # stream the first content chunk over and over until the client goes away
+    "malformed",  # a garbled event (or a body that is not JSON)
+    "empty",  # a 200 with nothing in it
+    "html",  # an HTML error page, as a proxy sends
+    "stream_error",  # an error object in the stream (a 200 body unstreamed if status: 200)
+    "event_error",  # an SSE `event: error` after `after_chunks` (vLLM, some proxies)
+)
 
 REPLY_KEYS = frozenset(
     {

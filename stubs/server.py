@@ -3,8 +3,16 @@
 A stub subclasses ``ScriptedServer``, adds its routes in ``_routes`` and speaks its wire format
 there; this module owns the rest: start/stop and the context manager, recording what arrives
 (``records``: method, path, query, headers, body; ``requests``; ``headers``; ``arrivals``),
-TCP_NODELAY, the helpers a fault needs (``_hang``, ``_abort``, ``_send``), and the command line
-(``serve_main``). Never imports ``nexpy``: a stub is an independent peer.
+TCP_NODELAY, the helpers a fault needs (``_hang``, ``_abort``, ``_cut``, ``_send``), the framing
+of a body, and the command line (``serve_main``). Never imports ``nexpy``: a stub is an
+independent peer.
+
+Framing (``framing=``, ``--framing``): how a body's end is marked on the wire, since a cut looks
+different in each and real servers and proxies use both (DESIGN §9).
+``chunked`` (aiohttp's default for a stream): ``Transfer-Encoding: chunked``; a cut leaves the
+chunked body incomplete. ``close``: HTTP/1.1 ``Connection: close`` with neither chunking nor a
+``Content-Length`` (simple servers, some proxies): the body ends where the connection does, so a
+clean cut (FIN) looks to the client exactly like a finished body.
 """
 
 from __future__ import annotations
@@ -26,9 +34,23 @@ from aiohttp import web
 
 from stubs.script import Script
 
-__all__ = ["ScriptedServer", "serve_main", "status_fault"]
+__all__ = ["FRAMINGS", "ScriptedServer", "serve_main", "status_fault"]
 
 ScriptLike = Script | Mapping[str, Any] | list[Any] | None
+
+FRAMINGS = ("chunked", "close")
+
+
+class _CloseDelimited(web.StreamResponse):
+    """A response whose body ends when the connection closes: no chunking, no Content-Length,
+    ``Connection: close``. aiohttp chunks any HTTP/1.1 body of unknown length unless its length
+    check is off (as for its own WebSocket responses)."""
+
+    _length_check = False
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.force_close()
 
 
 @web.middleware
@@ -63,8 +85,12 @@ class ScriptedServer:
         record: str | Path | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        framing: str = "chunked",
     ) -> None:
+        if framing not in FRAMINGS:
+            raise ValueError(f"unknown framing {framing!r} (known: {', '.join(FRAMINGS)})")
         self.script = script if isinstance(script, Script) else Script.from_obj(script)
+        self.framing = framing
         self.host = host
         self.port = port
         self._record_path = Path(record) if record else None
@@ -225,12 +251,38 @@ class ScriptedServer:
     async def _open_stream(
         self, request: web.Request, content_type: str = "text/event-stream"
     ) -> web.StreamResponse:
-        """A prepared 200 streaming response (SSE unless told otherwise)."""
+        """A prepared 200 streaming response (SSE unless told otherwise), in the server's
+        framing."""
         headers = {"Content-Type": content_type}
         if content_type == "text/event-stream":
             headers["Cache-Control"] = "no-cache"
-        resp = web.StreamResponse(status=200, headers=headers)
+        cls = _CloseDelimited if self.framing == "close" else web.StreamResponse
+        resp = cls(status=200, headers=headers)
         await resp.prepare(request)
+        return resp
+
+    async def _body(
+        self,
+        request: web.Request,
+        data: bytes,
+        *,
+        status: int = 200,
+        content_type: str = "application/json",
+        upto: int | None = None,
+    ) -> web.StreamResponse:
+        """A whole (non-streamed) body in the server's framing: ``Content-Length`` when chunked
+        (aiohttp's way for a body of known size), close-delimited otherwise. With ``upto``,
+        only that many bytes are written and the response is left open for a fault to cut."""
+        if self.framing == "close":
+            resp: web.StreamResponse = _CloseDelimited(status=status)
+        else:
+            resp = web.StreamResponse(status=status)
+            resp.content_length = len(data)
+        resp.content_type = content_type
+        await resp.prepare(request)
+        await resp.write(data if upto is None else data[:upto])
+        if upto is None:
+            await resp.write_eof()
         return resp
 
     async def _send(self, resp: web.StreamResponse, events: list[bytes], delay: float) -> None:
@@ -250,11 +302,25 @@ class ScriptedServer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), 0.05)
 
+    def _stopping_now(self, request: web.Request) -> bool:
+        """Whether the client went away or the server is stopping (ends an endless fault)."""
+        transport = request.transport
+        stopping = self._stopping is not None and self._stopping.is_set()
+        return stopping or transport is None or transport.is_closing()
+
     def _abort(self, request: web.Request) -> None:
-        """Cut the connection without a response."""
+        """Cut the connection with a reset (RST): what a crashed peer or a killed proxy does."""
         transport = request.transport
         if transport is not None:
             transport.abort()
+
+    def _cut(self, request: web.Request) -> None:
+        """Close the connection cleanly (FIN) wherever the body is: what a server process that
+        exits mid-answer, or a proxy that times out, looks like. In ``close`` framing the client
+        cannot tell it from a finished body; in ``chunked`` framing the body is incomplete."""
+        transport = request.transport
+        if transport is not None:
+            transport.close()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -306,12 +372,13 @@ def serve_main(server_cls: type[ScriptedServer], argv: list[str] | None, descrip
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--script", help="JSON script file (default: echo every request)")
+    ap.add_argument("--framing", choices=FRAMINGS, default="chunked", help="how a body ends")
     extra = [ap.add_argument(flag, **kw).dest for flag, kw in server_cls.cli_options]
     args = ap.parse_args(argv)
 
     script = Script.load(args.script) if args.script else Script()
     options = {dest: getattr(args, dest) for dest in extra}
-    srv = server_cls(script, host=args.host, port=args.port, **options)
+    srv = server_cls(script, host=args.host, port=args.port, framing=args.framing, **options)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: done.set())
     signal.signal(signal.SIGINT, lambda signum, frame: done.set())

@@ -451,6 +451,66 @@ def test_fault_stream_error() -> None:
         assert chat(srv).status_code == 500
 
 
+def test_close_framing_has_neither_chunking_nor_length() -> None:
+    with stub_server([{"content": "alpha beta"}, {"content": "plain"}], framing="close") as srv:
+        r = chat(srv, stream=True)
+        assert r.headers["connection"] == "close"
+        assert "transfer-encoding" not in r.headers and "content-length" not in r.headers
+        assert r.text.endswith("data: [DONE]\n\n")
+        r = chat(srv)
+        assert r.headers["connection"] == "close" and "content-length" not in r.headers
+        assert r.json()["choices"][0]["message"]["content"] == "plain"
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "plain"])
+def test_clean_cut_is_an_error_only_when_chunked(streamed: bool) -> None:
+    """The point of the close framing: a FIN mid-answer reads as a finished body to HTTP, so
+    only the client's own reading of the answer can tell it was cut."""
+    reply = {"fault": "cut", "after_chunks": 2, "content": "partial answer text"}
+    with stub_server([reply]) as srv, pytest.raises(httpx.RemoteProtocolError):
+        chat(srv, stream=streamed)
+    with stub_server([reply], framing="close") as srv:
+        r = chat(srv, stream=streamed)
+    assert r.status_code == 200
+    if streamed:
+        assert [e["choices"][0]["delta"] for e in sse_events(r.text)][1] == {"content": "partial"}
+        assert "[DONE]" not in r.text
+    else:
+        with pytest.raises(ValueError):
+            r.json()
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close"])
+def test_fault_unfinished_lacks_only_the_finish(framing: str) -> None:
+    reply = {"fault": "unfinished", "content": "all of it"}
+    with stub_server([reply, reply], framing=framing) as srv:
+        events = sse_events(chat(srv, stream=True).text)
+        assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == "all of it"
+        assert all(e["choices"][0]["finish_reason"] is None for e in events)
+        assert "[DONE]" not in events
+        choice = chat(srv).json()["choices"][0]
+        assert (choice["message"]["content"], choice["finish_reason"]) == ("all of it", None)
+
+
+def test_fault_repeat_sends_the_same_chunk_until_the_client_leaves() -> None:
+    with (
+        stub_server([{"fault": "repeat", "content": "again and again"}]) as srv,
+        httpx.stream(
+            "POST", srv.url + "/chat/completions", json={"messages": USER, "stream": True}
+        ) as r,
+    ):
+        lines = r.iter_lines()
+        seen = [next(lines) for _ in range(200)]
+    contents = {json.loads(x[6:])["choices"][0]["delta"].get("content") for x in seen if x}
+    assert contents == {"", "again"}  # the role chunk, then "again" forever
+
+
+def test_fault_event_error() -> None:
+    with stub_server([{"fault": "event_error", "after_chunks": 1}]) as srv:
+        text = chat(srv, stream=True).text
+    assert "\n\nevent: error\ndata: {" in text and "[DONE]" not in text
+
+
 # ---------------------------------------------------------------------------------------------
 # Strict mode and the context window.
 
