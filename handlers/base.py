@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from nexpy.credentials import redact, scrubbed_env, secret_values
+from nexpy.credentials import Secrets, redact, scrubbed_env, secret_values
 from nexpy.errors import HandlerError, LimitReached, UsageError, one_line
 from nexpy.events import Emitter, now_iso
 from nexpy.handler import HandlerOptions, TextCallback, Totals
@@ -399,7 +399,7 @@ class CliHandler(abc.ABC):
             os.close(log_fd)
 
     async def _read_events(
-        self, stream: asyncio.StreamReader, turn: Turn, log_fd: int, secrets: Mapping[str, str]
+        self, stream: asyncio.StreamReader, turn: Turn, log_fd: int, secrets: Secrets
     ) -> None:
         while True:
             try:
@@ -450,7 +450,7 @@ def _write(fd: int, text: str) -> None:
 
 
 async def _pump_stderr(
-    stream: asyncio.StreamReader, log_fd: int, tail: deque[str], secrets: Mapping[str, str]
+    stream: asyncio.StreamReader, log_fd: int, tail: deque[str], secrets: Secrets
 ) -> None:
     while line := await stream.readline():
         text = redact(line.decode("utf-8", "replace"), secrets)

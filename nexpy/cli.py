@@ -89,6 +89,33 @@ def _system_prompt(value: str | None) -> str | None:
         raise UsageError(f"cannot read system prompt file {path}: {e.strerror}") from None
 
 
+def _stdin_message() -> str | None:
+    if sys.stdin.isatty():
+        return None
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"the message on stdin is not UTF-8 text (byte 0x{data[e.start]:02x} at {e.start})",
+            hint="convert it first, e.g. iconv -f LATIN1 -t UTF-8",
+        ) from None
+
+
+def _check_text(value: str | None, what: str) -> None:
+    """Command-line text reaches Python with undecodable bytes as lone surrogates, which no
+    journal, request or terminal can carry: refuse it here, in one line."""
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UsageError(
+            f"{what} is not UTF-8 text (an undecodable byte at {e.start})",
+            hint="pass UTF-8 text; check the terminal's or the script's encoding",
+        ) from None
+
+
 def _workdir(value: str | None) -> Path:
     path = Path(value).expanduser() if value else Path.cwd()
     if not path.is_dir():
@@ -114,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print("nex: interrupted", file=sys.stderr)
         return outcome_of(e).code
+    except Exception as e:  # a bug still ends in one line and exit 1 (-v: the traceback)
+        from nexpy.runtime import internal_error, report
+
+        error = internal_error(e)
+        report(error, verbose=verbose)
+        if "--json" in args_list:
+            _json_failure(error)
+        return error.exit_code
 
 
 def _json_failure(error: NexError) -> None:
@@ -147,6 +182,14 @@ def _dispatch(argv: list[str]) -> int:
     from nexpy.config import load_config
     from nexpy.plan import SpawnRequest, plan_spawn
 
+    for what, value in (
+        ("MESSAGE", args.message),
+        ("-m", args.model),
+        ("-e", args.endpoint),
+        ("--resume", args.resume),
+        ("--system-prompt", args.system_prompt),
+    ):
+        _check_text(value, what)
     workdir = _workdir(args.workdir)
     config = load_config(workdir)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
@@ -181,9 +224,7 @@ def _dispatch(argv: list[str]) -> int:
         verbose=args.verbose,
     )
     if autonomous:
-        message = args.message
-        if message is None and not sys.stdin.isatty():
-            message = sys.stdin.read()
+        message = args.message if args.message is not None else _stdin_message()
         if not message or not message.strip():
             raise UsageError(
                 "no task given", hint='pass MESSAGE, e.g. nex --autonomous "fix the test"'

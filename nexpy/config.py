@@ -85,6 +85,10 @@ def read_file(path: Path) -> FileConfig:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config {path} is not valid TOML: {e}", hint="fix or remove it") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config {path} is not UTF-8 text (byte {e.start})", hint="save it as UTF-8"
+        ) from e
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
     try:

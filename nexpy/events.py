@@ -13,6 +13,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from nexpy.credentials import redact_any
+
 Event = dict[str, Any]
 Sink = Callable[[Event], None]
 Emit = Callable[..., Event]  # Emitter.emit: (type, **fields)
@@ -47,6 +49,8 @@ class Emitter:
     def emit(self, type: str, **fields: Any) -> Event:
         if type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {type!r}")
+        # Redacted here, once for every sink: a server's error text may echo a key.
+        fields = redact_any(fields)
         event: Event = {"type": type, "session": self.session, "ts": now_iso(), **fields}
         for sink in self.sinks:
             sink(event)

@@ -3,7 +3,8 @@
 Precedence for every field: cli flag > env (NEX_MODEL, NEX_ENDPOINT, NEX_SANDBOX) >
 ./.nex/config.toml > ~/.config/nexpy/config.toml > default. An endpoint given for this run
 always beats a configured default. Keys are never part of a plan: it holds the *name* of the
-variable, read at call time.
+variable, read at call time (nexpy.credentials: the value may have been withdrawn from
+the environment by then).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from nexpy.config import Config, EndpointConfig
-from nexpy.credentials import redact
+from nexpy.credentials import getenv, redact
 from nexpy.errors import ConfigError, UsageError
 from nexpy.routing import EXECUTOR_PREFIX, ROUTES, ModelSpec, default_endpoint, parse_model
 from nexpy.sandbox import Sandbox, choose
@@ -64,7 +65,13 @@ class SpawnPlan:
         return f"{prefix}{self.spec.name}" if prefix else None
 
     def api_key(self) -> str | None:
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
+        return getenv(self.api_key_env) if self.api_key_env else None
+
+    @property
+    def header_secrets(self) -> list[str]:
+        """The header values that came from config: secrets (a token in `X-Api-Token`, …)."""
+        public = set(self.spec.route.headers)  # how nex names itself to a provider
+        return [v for k, v in self.headers.items() if (k, v) not in public]
 
     def line(self) -> str:
         """The provenance line logged once per run. Never contains a key."""

@@ -48,8 +48,8 @@ from nexpy.events import Event, ProgressSink, describe_call
 from nexpy.handler import ContextControl
 from nexpy.outcome import outcome_of
 from nexpy.plan import SpawnPlan
-from nexpy.runtime import Run, RunOptions, cancel_on
-from nexpy.session import copy_session, list_sessions, state_home, validate_name
+from nexpy.runtime import Run, RunOptions, cancel_on, print_traceback
+from nexpy.session import copy_session, list_sessions, private_dir, state_home, validate_name
 
 PROMPT = "› "
 HISTORY_FILE = "repl_history"
@@ -394,11 +394,9 @@ class Repl:
 
     def _history(self) -> FileHistory | None:
         try:
-            self.home.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            self.terminal.note(
-                f"warning: no input history: cannot create {self.home}: {e.strerror}"
-            )
+            private_dir(self.home)
+        except NexError as e:
+            self.terminal.note(f"warning: no input history: {e.message}")
             return None
         return FileHistory(str(self.home / HISTORY_FILE))
 
@@ -552,9 +550,7 @@ class Repl:
                 "error", kind="internal", message=f"{type(e).__name__}: {e}", retryable=False
             )
             if self.opts.verbose:
-                import traceback
-
-                traceback.print_exception(e, file=sys.stderr)
+                print_traceback(e)
             return
         finally:
             self._generating = None

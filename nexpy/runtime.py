@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import sys
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nexpy.errors import LimitReached, NexError
+from nexpy.credentials import hold_run_keys, redact
+from nexpy.errors import EXIT_INTERRUPTED, LimitReached, NexError
 from nexpy.events import Emitter, JsonSink, ProgressSink, Sink
 from nexpy.handler import Confirm, Handler, HandlerOptions, load_factory
 from nexpy.outcome import Outcome, outcome_of
@@ -68,6 +70,9 @@ class Run:
     ) -> None:
         self.plan = plan
         self.opts = opts
+        # Before anything can run a tool: the in-process loop's tools must not find the keys in
+        # nex's environment; a wrapped CLI needs its own in its environment.
+        hold_run_keys(plan.api_key_env, plan.header_secrets, withdraw=plan.handler == "nex")
         self.emitter = Emitter(sinks=sinks)
         self.started = time.monotonic()
         self.session = open_session(opts)
@@ -144,31 +149,70 @@ def resumed_or_used(session: Session) -> bool:
 
 
 def report(error: NexError, *, verbose: bool = False) -> None:
-    """The one line a failure ends in, on stderr."""
-    print(f"nex: error: {error.line()}", file=sys.stderr, flush=True)
+    """The one line a failure ends in, on stderr (a server's words in it redacted, since a 401
+    body may echo the key)."""
+    print(redact(f"nex: error: {error.line()}"), file=sys.stderr, flush=True)
     if verbose and error.__cause__ is not None:
-        import traceback
+        print_traceback(error.__cause__)
 
-        traceback.print_exception(error.__cause__, file=sys.stderr)
+
+def print_traceback(exc: BaseException) -> None:
+    """A traceback on stderr for -v, with secrets redacted like everything else nex writes."""
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    print(redact(text), file=sys.stderr, end="", flush=True)
+
+
+FORCE_EXIT_AFTER = 3  # the signal that ends the process at once, cleanup or not
 
 
 @contextlib.contextmanager
 def cancel_on(*signals: signal.Signals) -> Iterator[None]:
-    """While inside, each of `signals` cancels the current task, so a run ends through its
-    own cleanup (journal `end`, `session.ended`) instead of dying mid-step."""
+    """While inside, the first of `signals` cancels the current task, so a run ends through its
+    own cleanup (journal `end`, `session.ended`) instead of dying mid-step.
+
+    A person hammering Ctrl-C sends more: the second is ignored, so the cleanup it would cancel
+    still writes the journal; the third exits at once, with 130 all the same (every journal
+    entry is fsynced as written, so the session still resumes). This holds after the block too,
+    until the process is gone: a signal that lands while the event loop shuts down must not
+    kill the process by the signal instead of exit 130.
+    """
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
+    received = 0
+
+    def on_signal() -> None:
+        nonlocal received
+        received += 1
+        if received == 1 and task is not None:
+            task.cancel()
+        elif received >= FORCE_EXIT_AFTER:
+            _force_exit()
+
     installed: list[signal.Signals] = []
     for sig in signals:
         # No signal support here (not the main thread, or a platform without it): run on.
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, task.cancel if task else lambda: None)
+            loop.add_signal_handler(sig, on_signal)
             installed.append(sig)
     try:
         yield
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+            if received:
+
+                def late(signum: int, frame: object) -> None:
+                    on_signal()
+
+                signal.signal(sig, late)
+
+
+def _force_exit() -> None:
+    with contextlib.suppress(Exception):
+        print("nex: interrupted again; exiting now", file=sys.stderr, flush=True)
+    os._exit(EXIT_INTERRUPTED)
 
 
 async def run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> int:
@@ -180,10 +224,13 @@ async def run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> int
 async def _run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> int:
     sinks: list[Sink] = [JsonSink()] if opts.json else [ProgressSink(verbose=opts.verbose)]
     run = Run(plan, opts, sinks)
-    outcome = outcome_of(None)
+    # Until the task has finished, the run has failed: a crash must never be journaled as a
+    # completion.
+    outcome = outcome_of(RuntimeError("the run did not finish"))
     try:
         answer = await run.agent.send(message)
         _answer(answer, opts)
+        outcome = outcome_of(None)
     except LimitReached as e:
         outcome = outcome_of(e)
         run.emitter.emit("warning", message=e.line())
@@ -198,12 +245,25 @@ async def _run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> in
     except asyncio.CancelledError as e:
         outcome = outcome_of(e)
         print("nex: interrupted; resume with --chat or --resume", file=sys.stderr)
-    except Exception as e:  # a bug: journaled as a failure, never as a completion
+    except Exception as e:  # a bug: one line (-v: the traceback), journaled as a failure
         outcome = outcome_of(e)
-        raise
+        error = internal_error(e)
+        run.emitter.emit("error", kind=error.kind, message=error.line(), retryable=False)
+        report(error, verbose=opts.verbose)
     finally:
         await run.end(outcome)
     return outcome.code
+
+
+def internal_error(exc: Exception) -> NexError:
+    """A bug, as the one line it ends in (the traceback with -v)."""
+    error = NexError(
+        f"internal error: {type(exc).__name__}: {exc}",
+        hint="this is a bug in nex; run with -v for the traceback and report it",
+    )
+    error.kind = "internal"
+    error.__cause__ = exc
+    return error
 
 
 def _answer(text: str, opts: RunOptions) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import platformdirs
 
 from nexpy.credentials import redact_any
-from nexpy.errors import SessionLocked, UsageError
+from nexpy.errors import ConfigError, SessionLocked, UsageError
 
 JOURNAL = "journal.jsonl"
 OUTPUTS = "tool-outputs"
@@ -53,6 +53,38 @@ def state_home() -> Path:
     if env:
         return Path(env).expanduser()
     return Path(platformdirs.user_state_dir("nexpy"))
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a directory, created with any missing parents as 0700 (a session holds the
+    user's conversation and tool output). Something in the way that is not a directory, or a
+    directory nex may not create, is a ConfigError naming it."""
+    missing: list[Path] = []
+    at = Path(path)
+    while not at.exists() and at != at.parent:
+        missing.append(at)
+        at = at.parent
+    if at.exists() and not at.is_dir():
+        raise _not_a_dir(at)
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise _not_a_dir(folder) from None
+        except OSError as e:
+            raise ConfigError(
+                f"cannot create the state dir {folder}: {e.strerror or e}",
+                hint="set NEX_HOME to a directory you can write",
+            ) from None
+    return Path(path)
+
+
+def _not_a_dir(path: Path) -> ConfigError:
+    return ConfigError(
+        f"the state dir needs {path} to be a directory, but it is a file",
+        hint="set NEX_HOME to a directory (or unset it)",
+    )
 
 
 def validate_name(name: str) -> str:
@@ -126,8 +158,7 @@ class Session:
 
         The folder is not locked; call `lock()` before appending.
         """
-        sessions = _sessions_dir(home)
-        sessions.mkdir(parents=True, exist_ok=True, mode=0o700)
+        sessions = private_dir(_sessions_dir(home))
         if name is not None:
             validate_name(name)
             try:
@@ -311,7 +342,10 @@ class Session:
         written = [redact_any({"kind": kind, "ts": now, **fields}) for kind, fields in entries]
         # Serialize before touching the file so an unserializable field writes nothing.
         # json escapes "\n" inside strings, so one entry is always exactly one line.
-        data = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in written).encode("utf-8")
+        # A lone surrogate (an undecodable byte in a path, say) has no UTF-8 form; written as the
+        # JSON escape it is, it reads back as the same string.
+        text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in written)
+        data = text.encode("utf-8", "backslashreplace")
         with self._write_mutex:
             fd = self._journal_fd
             if self._lock_fd is None or fd is None:
@@ -438,6 +472,8 @@ def _session_dirs(sessions: Path) -> list[Path]:
         children = list(sessions.iterdir())
     except FileNotFoundError:
         return []
+    except NotADirectoryError:
+        raise _not_a_dir(sessions if sessions.exists() else sessions.parent) from None
     return [p for p in children if not p.name.startswith(".") and p.is_dir()]
 
 

@@ -7,6 +7,7 @@ file holding the full text. `read_file` maps `tool-outputs/<name>` back to that 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,18 +34,21 @@ def safe_name(call_id: str) -> str:
 def _keep(text: str, outputs_dir: Path, call_id: str) -> Path:
     """Write the full text to a new file; ids repeat (local models reuse "call_0"), so never
     overwrite an earlier output that an earlier result still points to."""
-    outputs_dir.mkdir(parents=True, exist_ok=True)
+    outputs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     stem = safe_name(call_id)
     n = 1
     while True:
         path = outputs_dir / (f"{stem}.txt" if n == 1 else f"{stem}-{n}.txt")
         try:
-            # "x" creates or fails, so two writers cannot pick the same name.
-            with open(path, "x", encoding="utf-8", errors="replace") as f:
-                f.write(text)
-            return path
+            # O_EXCL creates or fails, so two writers cannot pick the same name; 0600 whatever
+            # the umask, since a command's output may hold anything of the user's.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             n += 1
+            continue
+        with open(fd, "w", encoding="utf-8", errors="replace") as f:
+            f.write(text)
+        return path
 
 
 def _cut(text: str, budget: int) -> tuple[str, str]:
