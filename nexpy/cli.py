@@ -7,6 +7,8 @@ Imports are deliberately lazy: `--help`, `--version` and `sessions` must never l
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -127,6 +129,20 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `nex` command."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     verbose = "-v" in args_list or "--verbose" in args_list
+    code = _main(args_list, verbose)
+    if code == EXIT_INTERRUPTED and argv is None:
+        # Interpreter teardown (seconds, with litellm loaded) restores the default signal
+        # handlers first: another Ctrl-C or SIGTERM from a person or a supervisor still
+        # signalling would kill the process by the signal instead of exit 130. Everything
+        # nex keeps is fsynced as written; flush what is buffered and leave now.
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(args_list: list[str], verbose: bool) -> int:
     try:
         return _dispatch(args_list)
     except NexError as e:
