@@ -21,6 +21,7 @@ from nexpy.errors import (
     TransientError,
     one_line,
 )
+from nexpy.integrity import BodyCut, cut
 
 if TYPE_CHECKING:
     from nexpy.plan import SpawnPlan
@@ -212,6 +213,8 @@ def _transport_failure(
             )
         if isinstance(cause, ImportError):
             return ProviderError(f"litellm failed internally: {cause}", hint="run with -v")
+        if isinstance(cause, BodyCut):
+            return cut(where)
     if names & _STALL_NAMES or any(isinstance(c, TimeoutError) for c in chain):
         return stalled(where, idle_timeout, mid_answer=mid_answer)
     if names & _CUT_NAMES or any(isinstance(c, ConnectionResetError) for c in chain):

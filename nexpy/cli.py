@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nexpy import __version__
 from nexpy.args import UsageParser, positive
-from nexpy.errors import NexError, UsageError
+from nexpy.errors import EXIT_INTERRUPTED, NexError, UsageError
 from nexpy.sandbox import MODES
 
 DESCRIPTION = """\

@@ -33,6 +33,8 @@ from typing import Any
 
 import httpx
 
+from nexpy.integrity import check_body
+
 TEXT_FIELDS = ("content", "reasoning_content", "reasoning")
 _SEP = b"\n\n"
 _PLAIN_CHOICE: dict[str, Any] = {"index": 0, "finish_reason": None}
@@ -169,6 +171,11 @@ class CoalescingTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self.inner.handle_async_request(request)
         ctype = response.headers.get("content-type", "")
+        if response.status_code == 200 and ctype.lower().startswith("application/json"):
+            # A whole answer: litellm would take a cut one for finished (nexpy.integrity).
+            await response.aread()
+            check_body(response.content)
+            return response
         if not ctype.lower().startswith("text/event-stream"):
             return response
         assert isinstance(response.stream, httpx.AsyncByteStream)

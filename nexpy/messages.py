@@ -62,10 +62,13 @@ def system(text: str) -> dict:
 
 
 def assistant(text: str | None, tool_calls: list[dict] | None = None) -> dict:
-    """An assistant message; ``tool_calls`` is left out when there are none."""
+    """An assistant message; ``tool_calls`` is left out when there are none. A call-only
+    message has ``"content": ""``, as normalize sends it."""
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if tool_calls:
         message["tool_calls"] = tool_calls
+        if text is None:
+            message["content"] = ""
     return message
 
 
@@ -175,6 +178,10 @@ def _add_assistant(
     fixed = _copy(message, skip="tool_calls")
     if kept:
         fixed["tool_calls"] = kept
+        if fixed.get("content") is None:
+            # Qwen3/QwQ, the R1 distills, granite 3.3, Phi-3.5 and Devstral templates read
+            # message.content unguarded: a missing key raises under llama-cpp-python's renderer.
+            fixed["content"] = ""
         turn = _Turn("calls", fixed)
         turn.slots = [None] * len(calls)
         turn.ids = [c["id"] if c is not None else None for c in calls]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from nexpy import litellm_setup
 from nexpy.classify import classify, stalled
 from nexpy.errors import ConfigError, ProviderError
+from nexpy.integrity import check_stream
 from nexpy.reply import Dedup, EmptyReply, Reply, ReplyReader, TextCallback
 
 if TYPE_CHECKING:
@@ -184,6 +185,8 @@ class LitellmModel:
                 with contextlib.suppress(Exception):
                     await close()
         headers = getattr(response, "_response_headers", None) or {}
+        if reader.answered:  # an empty stream is its own case (EmptyReply)
+            check_stream(response, self.where)  # nexpy.integrity: the server ended it, or a cut
         return reader.reply(self.where, str(headers.get("content-type", "")))
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from stubs.oai import stub_server
+from stubs.server import FRAMINGS
 from tests.conftest import NexEnv, Result
 from tests.integration.test_repl_tmux import repl  # noqa: F401  (a fixture)
 
@@ -55,15 +56,16 @@ def _no_traceback(result: Result) -> None:
     assert "Traceback" not in result.stderr, result.stderr
 
 
-def _recovered(nex_env: NexEnv, result: Result, warning: str) -> None:
-    """Exit 0, the answer once on stdout, one retry warning naming the fault, a clean journal."""
+def _recovered(nex_env: NexEnv, result: Result, warning: str, *, retries: int | None = 1) -> None:
+    """Exit 0, the answer once on stdout, `retries` retry warnings (any number if None), the
+    last one naming the fault, a clean journal."""
     _no_traceback(result)
     assert result.code == 0, result.stderr
     assert result.stdout == ANSWER + "\n"
-    retries = [line for line in result.stderr.splitlines() if "retrying in" in line]
-    assert len(retries) == 1 and retries[0].startswith("warning:") and warning in retries[0], (
-        retries
-    )
+    lines = [line for line in result.stderr.splitlines() if "retrying in" in line]
+    assert lines and all(line.startswith("warning:") for line in lines), result.stderr
+    assert retries is None or len(lines) == retries, lines
+    assert warning in lines[-1], lines
     assert result.error_lines() == []
     messages = _journal(nex_env)
     assert [m["role"] for m in messages] == ["user", "assistant"]
@@ -185,6 +187,45 @@ def test_reset_mid_stream_is_retried(nex_env: NexEnv) -> None:
         _recovered(
             nex_env, _run(nex_env, srv.url), f"the connection to {srv.url} was cut mid-answer"
         )
+
+
+# Every way an answer can stop short, in both framings of a body (DESIGN §9): a reset (RST), a
+# clean close (FIN) mid-answer, and a body that ends properly without the answer's finish. In the
+# `close` framing a FIN looks like a finished body to HTTP; only the answer's own end can tell.
+# Unstreamed: an empty stream first makes nex ask again without streaming (as it does for
+# llama-cpp-python's silent template errors), so the fault meets the unstreamed request.
+CUTS = {
+    "reset": {"fault": "drop", "after_chunks": 4},
+    "fin": {"fault": "cut", "after_chunks": 4},
+    "unfinished": {"fault": "unfinished"},
+}
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "unstreamed"])
+@pytest.mark.parametrize("cut", list(CUTS))
+def test_a_cut_answer_is_retried_never_taken(
+    nex_env: NexEnv, cut: str, streamed: bool, framing: str
+) -> None:
+    fault = {**CUTS[cut], "content": ANSWER}
+    replies = [fault] if streamed else [{"fault": "empty"}, fault]
+    script = {"replies": replies, "default": {"content": ANSWER}}
+    with stub_server(script, strict=True, framing=framing) as srv:
+        result = _run(nex_env, srv.url)
+        if streamed:
+            _recovered(nex_env, result, f"the connection to {srv.url} was cut mid-answer")
+        else:
+            # A reset or an incomplete body under Content-Length may be re-sent once by
+            # litellm's HTTP handler before nex sees it; what counts is that it was not taken.
+            _recovered(nex_env, result, "", retries=None)
+        assert len(srv.requests) == len(replies) + 1
+        assert [bool(r.get("stream")) for r in srv.requests][-2:] == [streamed, streamed]
+
+
+def test_a_cut_every_time_ends_in_one_line(nex_env: NexEnv) -> None:
+    with stub_server({"default": {**CUTS["fin"], "content": ANSWER}}, framing="close") as srv:
+        line = _failed(nex_env, _run(nex_env, srv.url), f"the connection to {srv.url} was cut")
+        assert "(after 4 attempts)" in line
 
 
 def test_hang_every_time_ends_in_one_line(nex_env: NexEnv) -> None:

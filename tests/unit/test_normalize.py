@@ -47,7 +47,7 @@ def test_constructors() -> None:
     assert assistant("a") == {"role": "assistant", "content": "a"}
     assert assistant(None, [call("x")]) == {
         "role": "assistant",
-        "content": None,
+        "content": "",
         "tool_calls": [call("x")],
     }
     assert tool_result("x", "r") == {"role": "tool", "tool_call_id": "x", "content": "r"}
@@ -424,3 +424,15 @@ def test_linear_on_long_histories() -> None:
     assert validate(out) is None
     assert len(out) == 1 + 3 * 1000
     assert all(m["content"] != INTERRUPTED for m in out if m["role"] == "tool")
+
+
+@pytest.mark.parametrize("content", ["missing", None])
+def test_tool_call_only_assistant_is_sent_with_empty_content(content: str | None) -> None:
+    """Seven real templates (Qwen3, QwQ, R1 distills, granite 3.3, Phi-3.5, Devstral) read
+    message.content unguarded: a tool-call-only message goes out with "content": ""."""
+    calling: dict = {"role": "assistant", "tool_calls": [call("c1")]}
+    if content != "missing":
+        calling["content"] = content
+    out = normalize([SYS, user("go"), calling, tool_result("c1", "ok")])
+    assert out[2] == {"role": "assistant", "content": "", "tool_calls": [call("c1")]}
+    assert normalize(out) == out
