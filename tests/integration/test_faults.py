@@ -228,6 +228,41 @@ def test_a_cut_every_time_ends_in_one_line(nex_env: NexEnv) -> None:
         assert "(after 4 attempts)" in line
 
 
+# What llama.cpp, vLLM and proxies send instead of an answer: an error object in a 200 (whole,
+# or mid-stream), an SSE `event: error`, and a stream stuck repeating one chunk.
+CRASHED = {"error": {"message": "model crashed", "code": 500, "type": "server_error"}}
+
+
+@pytest.mark.parametrize(
+    ("faults", "warning"),
+    [
+        ([{"fault": "status", "status": 200, "body": CRASHED}], "model crashed"),
+        (
+            [{"fault": "empty"}, {"fault": "status", "status": 200, "body": CRASHED}],
+            "HTTP 500 from",
+        ),
+        (
+            [{"fault": "stream_error", "after_chunks": 3, "body": CRASHED}],
+            "reported an error mid-answer: model crashed",
+        ),
+        (
+            [{"fault": "event_error", "after_chunks": 3, "body": CRASHED}],
+            "reported an error mid-answer: model crashed",
+        ),
+        ([{"fault": "repeat", "chunk_delay": 0.001}], "repeating the same chunk"),
+    ],
+    ids=["200-error-body", "200-error-body-unstreamed", "error-mid-stream", "sse-event-error",
+         "repeats-forever"],
+)  # fmt: skip
+def test_an_error_instead_of_an_answer_is_retried(
+    nex_env: NexEnv, faults: list[dict[str, Any]], warning: str
+) -> None:
+    replies = [{**f, "content": ANSWER} for f in faults]
+    with stub_server({"replies": replies, "default": {"content": ANSWER}}, strict=True) as srv:
+        _recovered(nex_env, _run(nex_env, srv.url), warning, retries=len(replies))
+        assert len(srv.requests) == len(replies) + 1
+
+
 def test_hang_every_time_ends_in_one_line(nex_env: NexEnv) -> None:
     with stub_server({"default": {"fault": "hang"}}) as srv:
         line = _failed(nex_env, _run(nex_env, srv.url), "sent no reply for 2 s")
