@@ -34,6 +34,14 @@ from nexpy.toolcalls import parse_arguments
 from nexpy.tools import Tool, ToolContext, ToolResult, all_tools, execute, schemas
 from nexpy.window import Window, discover
 
+# finish_reason "length": the server ended the answer at the output limit (not a cut stream).
+CALL_AT_LIMIT = (
+    "error: this call's arguments were truncated: the answer reached the output limit "
+    "(max_tokens) inside them, so it was not run; send it again, smaller (e.g. write a long "
+    "file in parts)"
+)
+ANSWER_AT_LIMIT = "the model's answer stopped at the output limit (finish_reason: length)"
+
 SYSTEM_PROMPT = """\
 You are nex, a coding agent. You work in the directory {workdir}; tool paths are relative to it.
 Use the tools to read, search, change files and run commands. Make small, verifiable steps.
@@ -121,8 +129,18 @@ class Agent:
                 self.limits.check_turns(self.totals.turns)
                 reply = await self._request(on_text, self.schemas)
                 if not reply.tool_calls:
+                    if reply.finish_reason == "length":
+                        self.emit("warning", message=ANSWER_AT_LIMIT)
                     return reply.content
-                await self._run_tools(reply.tool_calls)
+                calls, cut = reply.tool_calls, None
+                if reply.finish_reason == "length":
+                    # The server stopped at max_tokens inside the last call: its arguments are
+                    # cut (a "repaired" JSON would run half a command or write half a file).
+                    calls, cut = calls[:-1], calls[-1]
+                await self._run_tools(calls)
+                if cut is not None:
+                    self.emit("tool.call", id=cut["id"], name=cut["function"]["name"], arguments={})
+                    self._record_result(cut, ToolResult(False, CALL_AT_LIMIT), 0.0)
 
     async def wrap_up(self, reason: str, on_text: TextCallback | None = None) -> str:
         """After a limit: one last request without tools, asking for a summary."""

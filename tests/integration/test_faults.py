@@ -359,6 +359,19 @@ def test_calls_written_as_text_are_run(nex_env: NexEnv, text: str) -> None:
     assert sent_back["tool_calls"][0]["function"]["name"] == "bash"
 
 
+def test_a_call_cut_at_the_output_limit_is_answered_not_run(nex_env: NexEnv) -> None:
+    """finish_reason "length" is not a cut stream: the server ended the answer at max_tokens,
+    inside the call's arguments. The call is answered with a tool error, never repaired and run."""
+    call = {"name": "bash", "arguments": '{"command": "echo ran > ran.txt; echo tru'}
+    cut = {"tool_calls": [call], "finish_reason": "length"}
+    with stub_server({"replies": [cut], "default": {"content": ANSWER}}, strict=True) as srv:
+        _ok(nex_env, _run(nex_env, srv.url))
+        (result,) = _tool_results(srv.requests)
+        assert len(srv.requests) == 2
+    assert "arguments were truncated" in result and "output limit" in result
+    assert not (nex_env.work / "ran.txt").exists()
+
+
 def _ok(nex_env: NexEnv, result: Result) -> None:
     _no_traceback(result)
     assert result.code == 0, result.stderr
