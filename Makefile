@@ -14,6 +14,15 @@ LLAMA_PKGS   := 'llama-cpp-python[server]==0.3.36' 'gguf==0.19.0'
 NPM_PKGS     := @openai/codex@0.169.0 @anthropic-ai/claude-code@2.1.197
 LLAMA_STAMP  := $(PEERS)/.llama-$(shell echo $(LLAMA_PKGS) | cksum | cut -d' ' -f1)
 NPM_STAMP    := $(PEERS)/.npm-$(shell echo $(NPM_PKGS) | cksum | cut -d' ' -f1)
+# The same llama-cpp-python sdist, unpacked: its vendored llama.cpp carries ~70 real chat
+# templates (models/templates/, read in place by the conformance tier, never copied into the
+# repo) and the C++ llama-server, built here once (Release, portable, server target only,
+# no curl: it only ever loads local files) as the llama.cpp rendering engine.
+SDIST_VER    := 0.3.36
+SDIST_DIR    := $(PEERS)/llama_cpp_python-$(SDIST_VER)
+LLAMA_CPP    := $(SDIST_DIR)/vendor/llama.cpp
+SERVER_BUILD := $(PEERS)/llama-server-build
+SERVER_STAMP := $(PEERS)/.llama-server-$(SDIST_VER)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,7 +42,22 @@ $(NPM_STAMP):
 	npm install --silent --no-audit --no-fund --prefix $(PEERS)/npm $(NPM_PKGS)
 	@touch $@
 
-peers: $(LLAMA_STAMP) $(NPM_STAMP)
+$(SDIST_DIR)/.unpacked: | $(STAMP)
+	@mkdir -p $(PEERS)
+	$(BIN)/pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+		-d $(PEERS) llama-cpp-python==$(SDIST_VER)
+	tar -xzf $(PEERS)/llama_cpp_python-$(SDIST_VER).tar.gz -C $(PEERS)
+	@touch $@
+
+$(SERVER_STAMP): $(SDIST_DIR)/.unpacked
+	@echo "make: building the C++ llama-server (minutes the first time)" >&2
+	cmake -S $(LLAMA_CPP) -B $(SERVER_BUILD) -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
+		-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+		-DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >/dev/null
+	cmake --build $(SERVER_BUILD) --target llama-server -j2 >/dev/null
+	@touch $@
+
+peers: $(LLAMA_STAMP) $(NPM_STAMP) $(SERVER_STAMP)
 
 # nex on the embedded stub model: a full autonomous run with tools, no server needed.
 demo: $(STAMP)
