@@ -44,6 +44,7 @@ from aiohttp import web
 from stubs.script import Script
 from stubs.server import ScriptedServer, ScriptLike, serve_main
 from stubs.strict import validate
+from stubs.template import TemplateRefusal, TemplateRenderer, vllm_error
 
 __all__ = ["Script", "StubServer", "count_tokens", "estimate_prompt_tokens", "main", "stub_server"]
 
@@ -300,6 +301,7 @@ class StubServer(ScriptedServer):
         ("--strict", {"action": "store_true", "help": "reject what strict templates reject"}),
         ("--window", {"type": int, "help": "context window in tokens (enables /props)"}),
         ("--record", {"help": "append each request body to this file as a JSON line"}),
+        ("--template", {"help": "render each request with this chat template (.jinja), as vLLM"}),
     )
 
     def __init__(
@@ -313,11 +315,17 @@ class StubServer(ScriptedServer):
         port: int = 0,
         chat_template: str = DEFAULT_CHAT_TEMPLATE,
         framing: str = "chunked",
+        template: str | Path | TemplateRenderer | None = None,
     ) -> None:
         super().__init__(script, record=record, host=host, port=port, framing=framing)
         self.strict = strict
         self.window = window  # read on every request: tests may change it at runtime
-        self.chat_template = chat_template
+        # Template mode: every request rendered by transformers' engine (stubs/template.py).
+        if template is not None and not isinstance(template, TemplateRenderer):
+            template = TemplateRenderer.from_file(template)
+        self.renderer = template
+        self.prompts: list[str | None] = []  # the rendered prompt of each request (None: refused)
+        self.chat_template = template.source if template is not None else chat_template
         self._rejections: list[tuple[int, str]] = []
         self._overflows: list[tuple[int, int]] = []
         # Requests held by a "barrier" reply, and the event that releases them together.
@@ -349,6 +357,7 @@ class StubServer(ScriptedServer):
         app.router.add_get("/_stub/requests", self._stub_requests)
         app.router.add_get("/_stub/arrivals", self._stub_arrivals)
         app.router.add_get("/_stub/rejections", self._stub_rejections)
+        app.router.add_get("/_stub/prompts", self._stub_prompts)
 
     # -- handlers -------------------------------------------------------------------------------
 
@@ -386,6 +395,24 @@ class StubServer(ScriptedServer):
     async def _stub_rejections(self, request: web.Request) -> web.Response:
         return web.json_response([list(r) for r in self.rejections])
 
+    async def _stub_prompts(self, request: web.Request) -> web.Response:
+        with self._lock:
+            return web.json_response(list(self.prompts))
+
+    def _render(self, index: int, body: Mapping[str, Any]) -> str | None:
+        """Template mode: render ``body``, record the prompt; the refusal message, if any."""
+        assert self.renderer is not None
+        try:
+            prompt: str | None = self.renderer.render(body)
+            refusal = None
+        except TemplateRefusal as e:
+            prompt, refusal = None, str(e)
+        with self._lock:
+            self.prompts.append(prompt)
+            if refusal is not None:
+                self._rejections.append((index, refusal))
+        return refusal
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         parsed, body, index = await self._receive(request)
         if not parsed:
@@ -403,6 +430,11 @@ class StubServer(ScriptedServer):
                 with self._lock:
                     self._rejections.append((index, reason))
                 return web.json_response(_error_body(400, reason), status=400)
+
+        if self.renderer is not None:
+            refusal = self._render(index, body)
+            if refusal is not None:
+                return web.json_response(vllm_error(refusal), status=400)
 
         window = self.window
         if window is not None:
