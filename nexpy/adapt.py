@@ -57,7 +57,7 @@ class Rule:
 
 
 def content_string(body: Body) -> Body:
-    """Assistant turns with tool calls and no text get ``""`` as content instead of null."""
+    """Assistant turns without text (content null or left out) get ``""`` as content."""
     out = copy.deepcopy(body)
     for message in out.get("messages", []):
         if message.get("role") == "assistant" and message.get("content") is None:
@@ -248,6 +248,9 @@ RULES: tuple[Rule, ...] = (
             r"None has no element",
             r"content.*(null|none)",
             r"Expected value for key 'content'",
+            # nex leaves "content" out of a call-only turn: Qwen3/QwQ, LFM2 read the missing key
+            r"has no attribute 'content'",
+            r"Object of type Undefined is not JSON serializable",
         ),
         'a tool-call-only assistant turn sends content "", not null',
     ),

@@ -71,6 +71,12 @@ def test_every_rule_has_a_refusal_and_is_learned_from_it() -> None:
         learned = adapt.learn(refusal)
         assert learned is not None and learned.name == name, refusal
     assert adapt.learn("the request exceeds the available context size") is None
+    # nex leaves "content" out of a call-only assistant turn; templates that read it say so.
+    for refusal in (
+        "'dict object' has no attribute 'content'",
+        "Object of type Undefined is not JSON serializable",
+    ):
+        assert adapt.learn(refusal) == adapt.rule("content-string")
     # A rule already learned is not learned again: the next one that answers is.
     assert adapt.learn(REFUSALS["assistant-between"], ["assistant-between"]) == adapt.rule(
         "tools-in-prompt"
