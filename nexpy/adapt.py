@@ -15,7 +15,8 @@ The rules, in the order they apply:
 - ``short-tool-ids``: tool-call ids of 9 alphanumerics (the Mistral family), rewritten
   consistently in the call and its result;
 - ``assistant-between``: a user turn right after tool results (a resumed, interrupted call) gets
-  an empty assistant turn before it (the Mistral family's alternation check skips only calls);
+  an assistant turn ``[interrupted]`` before it (the Mistral family's alternation check skips
+  only calls);
 - ``tools-in-prompt``: the template cannot take the tools or the calls (no tool support, a
   server without a tool parser, or a template that wants another tool format): the tools are
   described in the system prompt, past calls written as Hermes ``<tool_call>`` text and results
@@ -125,15 +126,19 @@ def single_tool_call(body: Body) -> Body:
     return out
 
 
+BETWEEN = "[interrupted]"
+
+
 def assistant_between(body: Body) -> Body:
-    """A user turn right after tool results gets an empty assistant turn before it, so the
+    """A user turn right after tool results gets a short assistant turn before it, so the
     user/assistant alternation holds counting only turns without calls (Mistral's check; the
     history after an interrupted call has none)."""
     out = copy.deepcopy(body)
     messages: list[dict[str, Any]] = []
     for message in out.get("messages", []):
         if message.get("role") == "user" and messages and messages[-1].get("role") == "tool":
-            messages.append({"role": "assistant", "content": ""})
+            # Not empty: Ministral 3 refuses an assistant turn without text or calls.
+            messages.append({"role": "assistant", "content": BETWEEN})
         messages.append(message)
     out["messages"] = messages
     return out
@@ -270,7 +275,7 @@ RULES: tuple[Rule, ...] = (
         "assistant-between",
         assistant_between,
         (r"After the optional system message, conversation roles must alternate",),
-        "an empty assistant turn between tool results and the next user turn",
+        "an assistant turn between tool results and the next user turn",
     ),
     Rule(
         "tools-in-prompt",
