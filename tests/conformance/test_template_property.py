@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from nexpy import adapt
 from nexpy.messages import normalize
 from stubs.template import TemplateRefusal, TemplateRenderer
+from tests.conformance.conftest import INCOMPATIBLE
 from tests.peers.llama_server import real_templates
 
 EXAMPLES = 2_000
@@ -104,15 +105,6 @@ def test_template_renders_a_lone_user_message(renderer: TemplateRenderer) -> Non
     if blocked is not None:
         pytest.xfail(f"the transformers engine cannot render {renderer.name} at all: {blocked}")
 
-
-# The templates this engine cannot render for some histories nex sends, whatever the adaptation,
-# with what breaks (found by this property; llama.cpp's own engine is the tier's other half).
-# A template listed here that starts rendering every history fails its test: drop it then.
-INCOMPATIBLE = {
-    "llama-cpp-deepseek-r1": "llama.cpp's own template: tojson of a generator",
-    "Kimi-K2-Instruct": "list.append in the immutable sandbox",
-    "Kimi-K2-Thinking": "list.append in the immutable sandbox",
-}
 
 # Learned per template across histories, as the request path caches them per endpoint.
 LEARNED: dict[str, list[str]] = {r.name: [] for r in RENDERABLE}
