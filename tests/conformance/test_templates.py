@@ -149,7 +149,11 @@ PROBE_TOOL = {
     "function": {
         "name": "bash",
         "description": "Run a shell command",
-        "parameters": {"type": "object", "properties": {"command": {"type": "string"}}},
+        "parameters": {
+            "type": "object",
+            "properties": {"command": {"type": "string"}},
+            "required": ["command"],  # command-r+ reads it: without, the probe itself fails
+        },
     },
 }
 
