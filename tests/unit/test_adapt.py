@@ -85,6 +85,9 @@ def test_every_rule_has_a_refusal_and_is_learned_from_it() -> None:
 
 def test_content_string() -> None:
     before = body()
+    # normalize now sends "" itself; the rule still covers a null (or left-out) content that
+    # reaches the wire another way, e.g. through a client library.
+    before["messages"][2]["content"] = None
     after = adapt.apply(["content-string"], before)
     assert [m["content"] for m in after["messages"] if m.get("tool_calls")] == [""]
     assert before["messages"][2]["content"] is None  # the input is not touched
