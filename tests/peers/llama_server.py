@@ -45,7 +45,7 @@ class ServerFailed(RuntimeError):
 class LlamaCppServer:
     """`llama-server --jinja -m MODEL` in a process group of its own, logging to a file."""
 
-    def __init__(self, model: Path, log: Path, n_ctx: int = 8192) -> None:
+    def __init__(self, model: Path, log: Path, n_ctx: int = 16384) -> None:
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.url = self.base_url + "/v1"
