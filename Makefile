@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test test-unit lint install peers clean bench bench-quick
+.PHONY: demo test test-unit lint install peers clean bench bench-quick conformance
 
 # Real peers for the top test tier, pinned: a llama.cpp server (built from source by pip, ~6 min
 # once, then pip's wheel cache) and the real claude and codex CLIs from the npm registry,
@@ -57,7 +57,7 @@ $(SERVER_STAMP): $(SDIST_DIR)/.unpacked
 	cmake --build $(SERVER_BUILD) --target llama-server -j2 >/dev/null
 	@touch $@
 
-peers: $(LLAMA_STAMP) $(NPM_STAMP) $(SERVER_STAMP)
+peers: $(LLAMA_STAMP) $(NPM_STAMP) $(SDIST_DIR)/.unpacked
 
 # nex on the embedded stub model: a full autonomous run with tools, no server needed.
 demo: $(STAMP)
@@ -75,7 +75,13 @@ test: $(STAMP) peers
 	$(BIN)/ruff check nexpy handlers stubs tests bench
 	$(BIN)/ruff format --check nexpy handlers stubs tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q -rs -p no:cacheprovider
+	$(BIN)/pytest -q -rs -p no:cacheprovider --ignore=tests/conformance
+
+# Every real chat template on both rendering engines (README, "Chat templates"). Not yet part of
+# `make test`: nex does not apply the adaptations itself yet (the tier's proxy does), and the
+# tier's time on a quiet machine is unmeasured; it joins `make test` when both are settled.
+conformance: $(STAMP) peers $(SERVER_STAMP)
+	$(BIN)/pytest -q -rs -p no:cacheprovider tests/conformance
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
