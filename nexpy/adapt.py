@@ -30,12 +30,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["RULES", "Rule", "apply", "learn", "rule"]
+__all__ = ["RULES", "LearnedStore", "Rule", "apply", "learn", "rule"]
 
 Body = dict[str, Any]
 
@@ -322,3 +324,35 @@ def apply(names: Iterable[str], body: Body) -> Body:
         if r.name in wanted:
             body = r.apply(body)
     return body
+
+
+class LearnedStore:
+    """The rules learned per (endpoint, model), kept in one JSON file in the state dir, so the
+    next run against the same server sends the adapted request the first time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _read(self) -> dict[str, list[str]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}  # none yet, or unreadable: learn again rather than fail the run
+        if not isinstance(data, dict):
+            return {}
+        return {k: [n for n in v if n in _BY_NAME] for k, v in data.items() if isinstance(v, list)}
+
+    def get(self, endpoint: str, model: str) -> list[str]:
+        """The rules learned for `model` at `endpoint`, in the order they were learned."""
+        return self._read().get(f"{endpoint} {model}", [])
+
+    def add(self, endpoint: str, model: str, name: str) -> None:
+        """Remember `name` for `model` at `endpoint` (write and rename: never a torn file)."""
+        data = self._read()
+        names = data.setdefault(f"{endpoint} {model}", [])
+        if name not in names:
+            names.append(name)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self.path)

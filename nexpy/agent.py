@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from nexpy import adapt
 from nexpy.budget import DEFAULT_WINDOW, Budget
 from nexpy.context import Context
 from nexpy.demo import DemoModel
@@ -269,8 +270,15 @@ class Agent:
         )
 
 
-def build_model(plan: SpawnPlan, emitter: Emitter) -> Model:
-    """The Model for an in-process plan: the embedded stub or litellm."""
+ADAPTATIONS_FILE = "adaptations.json"  # in the state dir: what each endpoint's template needs
+
+
+def build_model(plan: SpawnPlan, emitter: Emitter, session: Session | None = None) -> Model:
+    """The Model for an in-process plan: the embedded stub or litellm.
+
+    With a session, the chat-template adaptations learned for this endpoint and model (by
+    this run or an earlier one, nexpy.adapt) are sent from the first request, and a new one is
+    announced once, journaled and remembered in the state dir."""
     if plan.spec.route.embedded:
         if plan.model not in ("demo", ""):
             raise UsageError(
@@ -284,13 +292,32 @@ def build_model(plan: SpawnPlan, emitter: Emitter) -> Model:
             message=f"{error.message}; retrying in {delay:.1f} s (attempt {attempt + 1})",
         )
 
-    return LitellmModel(plan, window=plan.context_window or DEFAULT_WINDOW, on_retry=on_retry)
+    store = adapt.LearnedStore(session.path.parent.parent / ADAPTATIONS_FILE) if session else None
+    where = plan.endpoint or plan.spec.route.prefix
+
+    def on_adapt(rule: adapt.Rule, refusal: ProviderError) -> None:
+        emitter.emit(
+            "warning",
+            message=f"the chat template at {where} refused the request; adapting it from now "
+            f"on: {rule.name} ({rule.summary})",
+        )
+        if session is not None and store is not None:
+            session.append("adaptation", rule=rule.name, refusal=refusal.message)
+            store.add(where, plan.model, rule.name)
+
+    return LitellmModel(
+        plan,
+        window=plan.context_window or DEFAULT_WINDOW,
+        on_retry=on_retry,
+        adaptations=store.get(where, plan.model) if store else (),
+        on_adapt=on_adapt,
+    )
 
 
 def create(plan: SpawnPlan, session: Session, emitter: Emitter, opts: HandlerOptions) -> Agent:
     """The `nex` handler: this module's loop on a litellm (or embedded) model."""
     return Agent(
-        build_model(plan, emitter),
+        build_model(plan, emitter, session),
         window=functools.partial(discover, plan),
         session=session,
         emitter=emitter,

@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import os
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from nexpy import litellm_setup
+from nexpy import adapt, litellm_setup
 from nexpy.classify import classify, stalled
-from nexpy.errors import ConfigError, ProviderError
+from nexpy.errors import BadRequestError, ConfigError, ProviderError
 from nexpy.integrity import check_stream
 from nexpy.reply import Dedup, EmptyReply, Reply, ReplyReader, TextCallback
 
@@ -62,6 +62,8 @@ class LitellmModel:
         max_attempts: int = 4,
         sleep: Sleep = asyncio.sleep,
         on_retry: Callable[[ProviderError, int, float], None] | None = None,
+        adaptations: Iterable[str] = (),
+        on_adapt: Callable[[adapt.Rule, ProviderError], None] | None = None,
     ) -> None:
         self.plan = plan
         self.name = str(plan.spec)
@@ -72,6 +74,9 @@ class LitellmModel:
         self.max_attempts = max_attempts
         self.sleep = sleep
         self.on_retry = on_retry
+        # The rules of nexpy.adapt this endpoint's template needs, learned from its refusals.
+        self.adaptations: list[str] = list(adaptations)
+        self.on_adapt = on_adapt
 
     def request_kwargs(
         self,
@@ -130,6 +135,9 @@ class LitellmModel:
                 raise
             except Exception as exc:
                 error = classify(exc, self.plan, idle_timeout=self.idle_timeout)
+                if self._adapt_to(error):
+                    attempt -= 1  # the same request, reshaped: not a failed attempt
+                    continue
                 if not error.retryable or attempt >= self.max_attempts:
                     if attempt > 1 and error.retryable:
                         error.message += f" (after {attempt} attempts)"
@@ -140,6 +148,20 @@ class LitellmModel:
                 if self.on_retry:
                     self.on_retry(error, attempt, delay)
                 await self.sleep(delay)
+
+    def _adapt_to(self, error: ProviderError) -> bool:
+        """Learn the adaptation a template's refusal asks for; whether there was a new one.
+
+        Bounded: each rule is learned once, so a refusal no rule answers ends as before."""
+        if not isinstance(error, BadRequestError):
+            return False
+        rule = adapt.learn(error.message, self.adaptations)
+        if rule is None:
+            return False
+        self.adaptations.append(rule.name)
+        if self.on_adapt is not None:
+            self.on_adapt(rule, error)
+        return True
 
     async def _attempt(
         self,
@@ -154,7 +176,13 @@ class LitellmModel:
         lm = litellm_setup.loaded()
         if lm is None:
             lm = await asyncio.to_thread(litellm_setup.litellm)
-        kwargs = self.request_kwargs(messages, tools, stream=stream, max_tokens=max_tokens)
+        sent_messages, sent_tools = messages, tools
+        if self.adaptations:
+            body = adapt.apply(self.adaptations, {"messages": messages, "tools": tools})
+            sent_messages, sent_tools = body["messages"], body.get("tools")
+        kwargs = self.request_kwargs(
+            sent_messages, sent_tools, stream=stream, max_tokens=max_tokens
+        )
         if self.plan.spec.route.coalesces:
             from nexpy.coalesce import coalescing_client  # httpx: not before the first request
 
@@ -165,6 +193,8 @@ class LitellmModel:
             )
         except TimeoutError:
             raise stalled(self.where, self.idle_timeout, mid_answer=False) from None
+        # The tools offered, even when the request carried them in its prompt (tools-in-prompt):
+        # calls the model writes as text are recovered by name.
         reader = ReplyReader(tools, on_text)
         if not stream:
             reader.add(response)

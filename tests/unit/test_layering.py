@@ -110,7 +110,10 @@ LOW = {
         "nexpy.litellm_setup",
         "nexpy.coalesce",
         "nexpy.integrity",
+        "nexpy.adapt",
     },
+    # The rules for templates that refuse: pure, they know no other nexpy module.
+    "nexpy.adapt": set(),
     "nexpy.classify": {"nexpy.errors", "nexpy.integrity"},
     "nexpy.reply": {"nexpy.errors", "nexpy.toolcalls"},
     "nexpy.litellm_setup": {"nexpy.errors"},

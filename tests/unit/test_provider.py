@@ -277,13 +277,16 @@ async def test_empty_stream_then_the_template_error_is_one_line_not_retried() ->
     # llama-cpp-python: a chat-template exception streams as nothing, but is a 500 when not
     # streamed; the non-streamed retry is what lets the person read the reason, and the same
     # conversation would fail the same way again.
+    # Its words name an adaptation (tools-in-prompt), tried once; refused again, it is the end.
     template_error = _error(500, "Conversation roles must alternate user/assistant/user/assistant")
-    route = respx.post(CHAT).mock(side_effect=[_stream(b""), template_error])
+    route = respx.post(CHAT).mock(side_effect=[_stream(b""), template_error, template_error])
+    model = _model()[0]
     with pytest.raises(BadRequestError) as info:
-        await _complete(_model()[0])
+        await _complete(model)
     assert "the chat template rejected the conversation (Conversation roles must" in str(info.value)
     assert "--jinja" in info.value.hint
-    assert route.call_count == 2
+    assert model.adaptations == ["tools-in-prompt"]
+    assert route.call_count == 3
 
 
 @respx.mock
