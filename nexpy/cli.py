@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--network", action="store_true", default=None, help="open the network in the sandbox"
     )
     p.add_argument("--yes", action="store_true", help="do not ask before mutating tools")
+    p.add_argument(
+        "--no-project-doc",
+        action="store_true",
+        help="do not read AGENTS.md / CLAUDE.md into the system prompt",
+    )
     p.add_argument("--system-prompt", metavar="TEXT|@FILE", help="replace the system prompt")
     p.add_argument("-C", dest="workdir", metavar="DIR", help="the work dir (default: cwd)")
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks and debug detail")
@@ -233,6 +238,8 @@ def _dispatch(argv: list[str]) -> int:
             read_only=args.read_only,
             yes=args.yes,
             system_prompt=_system_prompt(args.system_prompt),
+            project_doc=not args.no_project_doc,
+            project_doc_max_tokens=config.project_doc_max_tokens,
         ),
         chat=args.chat,
         resume=args.resume,

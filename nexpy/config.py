@@ -5,6 +5,7 @@
     context_window = 32768
     sandbox = "workspace-write"        # bash's sandbox: read-only, workspace-write or off
     network = false                    # open the network inside the sandbox
+    project_doc_max_tokens = 4096      # cap on AGENTS.md / CLAUDE.md text (nexpy.instructions)
 
     [endpoints.box]
     url = "http://10.0.0.5:8080"
@@ -49,6 +50,7 @@ class FileConfig(BaseModel):
     context_window: int | None = Field(default=None, gt=0)
     sandbox: str | None = None  # checked against the modes in nexpy.sandbox.choose
     network: bool | None = None
+    project_doc_max_tokens: int | None = Field(default=None, gt=0)
     endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
 
 
@@ -61,6 +63,7 @@ class Config:
     context_window: int | None = None
     sandbox: str | None = None
     network: bool | None = None
+    project_doc_max_tokens: int | None = None
     endpoints: dict[str, EndpointConfig] = field(default_factory=dict)
     source: dict[str, str] = field(default_factory=dict)
 
@@ -109,7 +112,14 @@ def load_config(cwd: Path, *, global_path: Path | None = None) -> Config:
             continue
         fc = read_file(path)
         label = _display(path, cwd)
-        for key in ("model", "endpoint", "context_window", "sandbox", "network"):
+        for key in (
+            "model",
+            "endpoint",
+            "context_window",
+            "sandbox",
+            "network",
+            "project_doc_max_tokens",
+        ):
             value = getattr(fc, key)
             if value is not None:
                 setattr(merged, key, value)

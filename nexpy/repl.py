@@ -50,6 +50,7 @@ from nexpy.outcome import outcome_of
 from nexpy.plan import SpawnPlan
 from nexpy.runtime import Run, RunOptions, cancel_on, print_traceback
 from nexpy.session import copy_session, list_sessions, private_dir, state_home, validate_name
+from nexpy.tools.diffs import colored
 
 PROMPT = "› "
 HISTORY_FILE = "repl_history"
@@ -556,8 +557,9 @@ class Repl:
             self._generating = None
         self.terminal.finish_answer(answer)
 
-    async def confirm(self, name: str, args: dict[str, Any]) -> bool:
-        """Ask before a mutating tool runs (not used with --yes). Ctrl-C cancels the answer.
+    async def confirm(self, name: str, args: dict[str, Any], diff: str = "") -> bool:
+        """Ask before a mutating tool runs (not used with --yes), showing the diff it would
+        make first. Ctrl-C cancels the answer.
 
         Keys typed before the question is drawn belong to the next message, never to the
         answer: they are taken before asking and given back to the main prompt afterwards.
@@ -569,6 +571,8 @@ class Repl:
         try:
             async with in_terminal():  # hides the main prompt and stops it reading
                 held = read_waiting_keys(self.stdin)
+                if diff:
+                    print(colored(diff) if sys.stdout.isatty() else diff, flush=True)
                 reply = await self._confirm_prompt.prompt_async(
                     f"run {describe_call(name, args)}? [y/N] "
                 )
