@@ -435,3 +435,22 @@ def test_the_approval_question_ignores_keys_typed_before_it_was_drawn(
         assert not (nex_env.work / "ran.txt").exists()
         assert srv.rejections == []
         assert [_last_user(r) for r in srv.requests] == ["do it", "do it", "y"]
+
+
+def test_an_edit_shows_its_diff_before_the_approval_question(repl, nex_env: NexEnv) -> None:
+    target = nex_env.work / "notes.txt"
+    target.write_text("one\ntwo\nthree\n")
+    call = {"name": "edit_file", "arguments": {"path": "notes.txt", "old_string": "two",
+                                               "new_string": "TWO"}}  # fmt: skip
+    script = {"replies": [{"tool_calls": [call]}], "default": {"echo": True}}
+    with stub_server(script, strict=True) as srv:
+        pane = repl(srv, ask=True)
+        pane.send("shout the second line")
+        screen = pane.wait("[y/N]")
+        question = screen.rindex("[y/N]")
+        assert screen.rindex("-two") < question and screen.rindex("+TWO") < question
+        assert screen.rindex("+++ b/notes.txt") < question
+        assert target.read_text() == "one\ntwo\nthree\n"  # nothing written before the answer
+        pane.send("y")
+        pane.wait("echo: shout the second line")
+        assert target.read_text() == "one\nTWO\nthree\n"
