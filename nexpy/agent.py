@@ -12,6 +12,7 @@ window are nexpy.context's; the limits of a run (turns, time) are nexpy.limits'.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import time
@@ -36,6 +37,7 @@ from nexpy.session import Session
 from nexpy.toolcalls import parse_arguments
 from nexpy.tools import Tool, ToolContext, ToolResult, all_tools, execute, schemas
 from nexpy.tools.files import preview
+from nexpy.undo import Recorder
 from nexpy.window import Window, discover
 
 # finish_reason "length": the server ended the answer at the output limit (not a cut stream).
@@ -77,6 +79,13 @@ class Agent:
         self.ctx = ctx
         self.limits = limits or Limits()
         self.loop_guard = LoopGuard()
+        self.undo = Recorder(session, ctx.workdir)
+        # Numbers the user messages of the session: undo reverts by these turns.
+        self.turn_no = sum(
+            1
+            for e in session.entries()
+            if e.get("kind") == "message" and e.get("message", {}).get("role") == "user"
+        )
         self.confirm = confirm
         self.totals = Totals()
         self.started = time.monotonic()
@@ -129,6 +138,7 @@ class Agent:
     async def send(self, text: str, on_text: TextCallback | None = None) -> str:
         """Add a user message and run until the model answers without calling a tool."""
         self._record(user(text))
+        self.turn_no += 1
         self.loop_guard = LoopGuard()  # a new message breaks any streak
         async with self.limits.deadline(self.started):
             while True:
@@ -243,7 +253,19 @@ class Agent:
             diff = await asyncio.to_thread(preview, name, args, self.ctx)
             if not await self.confirm(name, args, diff):
                 return ToolResult(False, "error: the user declined this tool call"), 0.0
-        result = await execute(tool, args, self.ctx, call["id"])
+        if not tool.mutating:
+            return await execute(tool, args, self.ctx, call["id"]), time.monotonic() - start
+        # The pre-image first (journaled and fsynced), so even a kill -9 mid-call is undoable.
+        try:
+            token = await asyncio.to_thread(self.undo.before, call["id"], name, args, self.turn_no)
+        except OSError as e:
+            token = None
+            self.emit("warning", message=f"cannot keep the pre-image for undo: {e}")
+        try:
+            result = await execute(tool, args, self.ctx, call["id"])
+        finally:
+            with contextlib.suppress(OSError):
+                await asyncio.shield(asyncio.to_thread(self.undo.after, call["id"], token))
         return result, time.monotonic() - start
 
     # -- persistence: the one place a message enters history and journal ------------------

@@ -27,7 +27,7 @@ examples:
   nex -m local:qwen3-coder -e http://127.0.0.1:8080
   nex -m ollama:qwen3:8b --autonomous "fix the failing test"
   nex -m stub:demo --autonomous "show me what you can do"
-  nex sessions | nex doctor -m MODEL [-e URL]
+  nex sessions | nex doctor -m MODEL [-e URL] | nex undo [--session S] [N]
 exit codes: 0 finished, 1 runtime failure, 2 usage or config error, 3 limit hit, 130 interrupted"""
 
 
@@ -194,6 +194,10 @@ def _json_failure(error: NexError) -> None:
 def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "sessions":
         return _sessions(argv[1:])
+    if argv and argv[0] == "undo":
+        from nexpy.undo import main as undo_main
+
+        return undo_main(argv[1:])
     if argv and argv[0] == "doctor":
         from nexpy.doctor import main as doctor_main
 
