@@ -131,6 +131,10 @@ class Agent:
         """Forget the conversation (the REPL's /clear); the journal keeps the old one."""
         self.context.clear()
 
+    def add_note(self, text: str) -> None:
+        """Tell the model something happened outside the conversation (the REPL's /undo)."""
+        self._record(user(text))
+
     async def aclose(self) -> None:
         """Nothing to release: the HTTP pool lives as long as the event loop (nexpy.coalesce), and
         the session belongs to Run."""

@@ -657,6 +657,29 @@ class Repl:
         self.terminal.say(await self.run.agent.compact())
         return False
 
+    async def cmd_undo(self, arg: str) -> bool:
+        from nexpy.undo import revert
+
+        turns = int(arg) if arg.strip().isdigit() and int(arg) > 0 else 1
+        workdir = self.run.opts.handler.workdir.resolve()
+        report = revert(self.run.session, workdir, turns)
+        if not report.calls:
+            self.terminal.say("/undo: no file changes left to undo in this session")
+            return False
+        add_note = getattr(self.run.agent, "add_note", None)
+        if add_note is not None:
+            add_note(report.note())
+        self.terminal.say("\n".join(report.lines()))
+        return False
+
+    async def cmd_diff(self, arg: str) -> bool:
+        from nexpy.undo import session_diff
+
+        diff = session_diff(self.run.session, self.run.opts.handler.workdir)
+        shown = colored(diff) if sys.stdout.isatty() else diff
+        self.terminal.say(shown or "/diff: this session changed no files (or undid them)")
+        return False
+
     async def cmd_tokens(self, arg: str) -> bool:
         agent = self.run.agent
         totals = agent.totals
@@ -731,6 +754,8 @@ COMMANDS: dict[str, tuple[CommandHandler, str, str]] = {
     "tokens": (Repl.cmd_tokens, "/tokens", "context used and tokens spent"),
     "compact": (Repl.cmd_compact, "/compact", "shrink the conversation to free context now"),
     "model": (Repl.cmd_model, "/model", "the model and how it was chosen"),
+    "undo": (Repl.cmd_undo, "/undo [N]", "revert the file changes of the last N turns"),
+    "diff": (Repl.cmd_diff, "/diff", "what this session changed in the work dir"),
     "save": (Repl.cmd_save, "/save NAME", "copy this session to a new session NAME"),
     "load": (Repl.cmd_load, "/load NAME", "switch to the session NAME"),
     "sessions": (Repl.cmd_sessions, "/sessions", "list sessions, newest first"),

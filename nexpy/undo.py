@@ -270,6 +270,27 @@ def _restore_one(
     report.restored.append(rel)
 
 
+def session_diff(session: Session, workdir: Path) -> str:
+    """What the session changed and still stands: each file from its first pre-image to now."""
+    from nexpy.tools.diffs import unified
+
+    workdir = workdir.resolve()
+    blobs = Blobs(session.path / UNDO_DIR)
+    first: dict[str, str | None] = {}
+    for call in calls_of(session.entries()):
+        for rel, change in _changes(call, workdir, blobs).items():
+            first.setdefault(rel, change.get("before"))
+    parts = []
+    for rel, before in sorted(first.items()):
+        old = None if before is None else blobs.get(before).decode("utf-8", "replace")
+        now = _read(workdir / rel)
+        new = "" if now is None else now.decode("utf-8", "replace")
+        diff = unified(rel, old, new) if now is not None else f"--- a/{rel}\n+++ /dev/null"
+        if diff:
+            parts.append(diff)
+    return "\n".join(parts)
+
+
 def main(argv: list[str]) -> int:
     """`nex undo [--session S] [N]`: revert the last N turns' file changes of a session."""
     from nexpy.args import UsageParser, positive

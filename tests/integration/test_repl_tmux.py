@@ -454,3 +454,29 @@ def test_an_edit_shows_its_diff_before_the_approval_question(repl, nex_env: NexE
         pane.send("y")
         pane.wait("echo: shout the second line")
         assert target.read_text() == "one\nTWO\nthree\n"
+
+
+def test_diff_and_undo_in_the_repl(repl, nex_env: NexEnv) -> None:
+    target = nex_env.work / "plan.txt"
+    target.write_text("draft\n")
+    call = {"name": "write_file", "arguments": {"path": "plan.txt", "content": "final\n"}}
+    script = {"replies": [{"tool_calls": [call]}], "default": {"echo": True}}
+    with stub_server(script, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("finish the plan")
+        pane.wait("echo: finish the plan")
+        pane.wait_prompt()
+        pane.send("/diff")
+        screen = pane.wait("+final")
+        assert "-draft" in screen and "+++ b/plan.txt" in screen
+        pane.wait_prompt()
+        pane.send("/undo")
+        pane.wait("restored plan.txt")
+        assert target.read_text() == "draft\n"
+        pane.wait_prompt()
+        pane.send("what now")
+        # The note and the message merge into one user turn, which the stub echoes.
+        pane.wait("echo: [nex] The user undid the file changes")
+        assert srv.rejections == []
+        sent = " ".join(text for _, text in _messages(srv.requests[-1]))
+        assert "undid the file changes" in sent and "plan.txt" in sent
