@@ -691,12 +691,45 @@ class Repl:
         return False
 
     async def cmd_model(self, arg: str) -> bool:
-        self.terminal.say(
-            f"model: {self.plan.spec}\n{self.plan.line()}\n"
-            "switching models needs a restart: nex -m PROVIDER:MODEL "
-            f"--chat {self.run.session.id} continues this conversation"
-        )
+        if not arg.strip():
+            self.terminal.say(
+                f"model: {self.plan.spec}\n{self.plan.line()}\n"
+                "/model NAME [ENDPOINT] switches, keeping this conversation"
+            )
+            return False
+        plan = self._replan(*arg.split(maxsplit=1))
+        # The same session, so the history (and the journaled instructions) carry over; its
+        # lock is let go first, and taken back with the old plan if the new one cannot start.
+        opts = replace(self.opts, chat=self.run.session.id, resume=None)
+        await self.run.end(outcome_of(None, finished="switched"))
+        try:
+            new = Run(plan, opts, sinks=[self.sink], confirm=self.confirm)
+        except BaseException:
+            self.run = Run(self.plan, opts, sinks=[self.sink], confirm=self.confirm)
+            self.opts = opts
+            raise
+        self.run, self.opts, self.plan = new, opts, plan
+        self.terminal.say(plan.line())
         return False
+
+    def _replan(self, name: str, endpoint: str | None = None) -> SpawnPlan:
+        """The plan for `/model NAME [ENDPOINT]`: the same rules as `nex -m NAME -e ENDPOINT`;
+        without an endpoint, a model on the same route stays on the current server."""
+        from nexpy.config import load_config
+        from nexpy.plan import SpawnRequest, plan_spawn
+        from nexpy.routing import parse_model
+
+        if endpoint is None and parse_model(name).route == self.plan.spec.route:
+            endpoint = self.plan.endpoint
+        workdir = self.opts.handler.workdir
+        plan = plan_spawn(SpawnRequest(name, endpoint), load_config(workdir))
+        if plan.handler != self.plan.handler:
+            raise UsageError(
+                f"/model cannot move this {self.plan.handler} conversation to {plan.handler}",
+                hint=f"start a new session: nex -m {name}",
+            )
+        plan.sandbox = self.plan.sandbox  # the mode this REPL started with
+        return plan
 
     async def cmd_save(self, arg: str) -> bool:
         if not arg:
@@ -753,7 +786,7 @@ COMMANDS: dict[str, tuple[CommandHandler, str, str]] = {
     "clear": (Repl.cmd_clear, "/clear", "start a fresh conversation in this session"),
     "tokens": (Repl.cmd_tokens, "/tokens", "context used and tokens spent"),
     "compact": (Repl.cmd_compact, "/compact", "shrink the conversation to free context now"),
-    "model": (Repl.cmd_model, "/model", "the model and how it was chosen"),
+    "model": (Repl.cmd_model, "/model [NAME [URL]]", "the model, or switch to NAME"),
     "undo": (Repl.cmd_undo, "/undo [N]", "revert the file changes of the last N turns"),
     "diff": (Repl.cmd_diff, "/diff", "what this session changed in the work dir"),
     "save": (Repl.cmd_save, "/save NAME", "copy this session to a new session NAME"),

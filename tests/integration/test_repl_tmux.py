@@ -480,3 +480,20 @@ def test_diff_and_undo_in_the_repl(repl, nex_env: NexEnv) -> None:
         assert srv.rejections == []
         sent = " ".join(text for _, text in _messages(srv.requests[-1]))
         assert "undid the file changes" in sent and "plan.txt" in sent
+
+
+def test_model_name_switches_the_model_and_keeps_the_conversation(repl) -> None:
+    with stub_server({"default": {"echo": True}}, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("first question")
+        pane.wait("echo: first question")
+        pane.wait_prompt()
+        pane.send("/model local:other-model")
+        pane.wait("model=local:other-model (from -m)")
+        pane.wait_prompt()
+        pane.send("second question")
+        pane.wait("echo: second question")
+        assert srv.rejections == []
+        assert srv.requests[0]["model"] == "stub-model"
+        assert srv.requests[-1]["model"] == "other-model"  # same server, same history
+        assert _messages(srv.requests[-1])[0] == ("user", "first question")
