@@ -249,6 +249,7 @@ def _dispatch(argv: list[str]) -> int:
         resume=args.resume,
         json=args.json,
         verbose=args.verbose,
+        notify_after=config.notify,
     )
     if autonomous:
         message = args.message if args.message is not None else _stdin_message()

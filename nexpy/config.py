@@ -78,6 +78,7 @@ class FileConfig(BaseModel):
     sandbox: str | None = None  # checked against the modes in nexpy.sandbox.choose
     network: bool | None = None
     project_doc_max_tokens: int | None = Field(default=None, gt=0)
+    notify: float | None = Field(default=None, ge=0)
     endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
 
@@ -92,6 +93,7 @@ class Config:
     sandbox: str | None = None
     network: bool | None = None
     project_doc_max_tokens: int | None = None
+    notify: float | None = None  # seconds: a longer REPL answer rings the terminal (nexpy.notify)
     endpoints: dict[str, EndpointConfig] = field(default_factory=dict)
     models: dict[str, ModelSettings] = field(default_factory=dict)  # by model name or glob
     source: dict[str, str] = field(default_factory=dict)
@@ -148,6 +150,7 @@ def load_config(cwd: Path, *, global_path: Path | None = None) -> Config:
             "sandbox",
             "network",
             "project_doc_max_tokens",
+            "notify",
         ):
             value = getattr(fc, key)
             if value is not None:

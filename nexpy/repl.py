@@ -25,6 +25,7 @@ import select
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
@@ -46,6 +47,7 @@ from nexpy import __version__
 from nexpy.errors import LimitReached, NexError, UsageError
 from nexpy.events import Event, ProgressSink, describe_call
 from nexpy.handler import ContextControl
+from nexpy.notify import answer_ready
 from nexpy.outcome import outcome_of
 from nexpy.plan import SpawnPlan
 from nexpy.runtime import Run, RunOptions, cancel_on, print_traceback
@@ -529,6 +531,7 @@ class Repl:
     async def send(self, text: str) -> None:
         """Send one message and show the answer; every failure ends here, the REPL goes on."""
         self.terminal.begin_answer()
+        started = time.monotonic()
         task = asyncio.ensure_future(self.run.agent.send(text, self.terminal.text))
         self._generating = task
         try:
@@ -556,6 +559,7 @@ class Repl:
         finally:
             self._generating = None
         self.terminal.finish_answer(answer)
+        answer_ready(sys.stdout, time.monotonic() - started, self.opts.notify_after)
 
     async def confirm(self, name: str, args: dict[str, Any], diff: str = "") -> bool:
         """Ask before a mutating tool runs (not used with --yes), showing the diff it would

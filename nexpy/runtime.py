@@ -41,6 +41,7 @@ class RunOptions:
     json: bool = False
     verbose: bool = False
     home: Path | None = None
+    notify_after: float | None = None  # config `notify`: the REPL rings after this many seconds
 
 
 def open_session(opts: RunOptions) -> Session:
