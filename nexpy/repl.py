@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TextIO
 
 from prompt_toolkit import PromptSession
@@ -93,6 +94,8 @@ def parse_input(text: str) -> Command | str | None:
         return None
     if stripped.startswith("//"):
         return stripped[1:]
+    if stripped.startswith("!") and stripped[1:].strip():
+        return Command("!", stripped[1:].strip())  # a shell command run here, never sent
     if stripped.startswith("/"):
         parts = stripped[1:].split(maxsplit=1)
         if not parts:
@@ -100,6 +103,30 @@ def parse_input(text: str) -> Command | str | None:
         return Command(parts[0], parts[1].strip() if len(parts) > 1 else "")
     # Keep the indentation of a pasted first line; only blank edges go.
     return text.strip("\n").rstrip()
+
+
+_AT_PATH = re.compile(r"(?<!\S)@([\w.~/+-]+[\w/+-])")
+MAX_INCLUDE_BYTES = 100_000
+
+
+def include_files(text: str, workdir: Path) -> str:
+    """`@path` names a file of the work dir: its text is appended to the message, once per file.
+    A name that is not such a file is left alone (an e-mail address, a decorator)."""
+    from nexpy.tools.paths import display, resolve
+
+    added: list[str] = []
+    seen: set[Path] = set()
+    for match in _AT_PATH.finditer(text):
+        try:
+            path = resolve(workdir, match.group(1), must_exist=True)
+        except Exception:
+            continue
+        if path in seen or not path.is_file() or path.stat().st_size > MAX_INCLUDE_BYTES:
+            continue
+        seen.add(path)
+        body = path.read_text(encoding="utf-8", errors="replace")
+        added.append(f"[file {display(workdir, path)}]\n```\n{body.rstrip()}\n```")
+    return "\n\n".join([text, *added]) if added else text
 
 
 def has_markdown(text: str) -> bool:
@@ -530,6 +557,7 @@ class Repl:
 
     async def send(self, text: str) -> None:
         """Send one message and show the answer; every failure ends here, the REPL goes on."""
+        text = include_files(text, self.opts.handler.workdir.resolve())
         self.terminal.begin_answer()
         started = time.monotonic()
         task = asyncio.ensure_future(self.run.agent.send(text, self.terminal.text))
@@ -628,6 +656,9 @@ class Repl:
 
     async def command(self, cmd: Command) -> bool:
         """Run a slash command; True means quit."""
+        if cmd.name == "!":
+            await self.shell(cmd.arg)
+            return False
         handler = COMMANDS.get(cmd.name.lower())
         if handler is None:
             self.terminal.note(f"unknown command /{cmd.name}; /help lists them")
@@ -639,6 +670,29 @@ class Repl:
         except OSError as e:
             self.terminal.note(f"error: {e}")
         return False
+
+    async def shell(self, command: str) -> None:
+        """`!cmd`: run a shell command in the work dir and show its output; the model never
+        sees it (it is the person's own look around)."""
+        proc = await asyncio.create_subprocess_shell(
+            command,
+            cwd=self.opts.handler.workdir,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), SHELL_TIMEOUT)
+        except (TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            self.terminal.note(f"!{command}: stopped")
+            return
+        lines = out.decode("utf-8", "replace").rstrip("\n").splitlines()
+        if len(lines) > SHELL_LINES:
+            lines = [*lines[:SHELL_LINES], f"[... {len(lines) - SHELL_LINES} more lines]"]
+        self.terminal.say("\n".join([*lines, f"[exit {proc.returncode}; not sent to the model]"]))
 
     # -- commands -----------------------------------------------------------------------------
     async def cmd_help(self, arg: str) -> bool:
@@ -782,6 +836,10 @@ class Repl:
 
     async def cmd_quit(self, arg: str) -> bool:
         return True
+
+
+SHELL_TIMEOUT = 120.0  # seconds a `!cmd` may run
+SHELL_LINES = 200  # lines of its output shown
 
 
 # name -> (handler, usage, what it does); /help prints them in this order.

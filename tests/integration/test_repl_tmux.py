@@ -497,3 +497,18 @@ def test_model_name_switches_the_model_and_keeps_the_conversation(repl) -> None:
         assert srv.requests[0]["model"] == "stub-model"
         assert srv.requests[-1]["model"] == "other-model"  # same server, same history
         assert _messages(srv.requests[-1])[0] == ("user", "first question")
+
+
+def test_bang_runs_locally_and_at_path_includes_a_file(repl, nex_env: NexEnv) -> None:
+    (nex_env.work / "todo.txt").write_text("buy milk\n")
+    with stub_server({"default": {"echo": True}}, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("!echo from-the-shell-$((6*7))")
+        pane.wait("from-the-shell-42")
+        pane.wait("not sent to the model")
+        assert srv.requests == []  # the shell command never reached the model
+        pane.wait_prompt()
+        pane.send("summarise @todo.txt")
+        pane.wait("echo: summarise @todo.txt")
+        (body,) = srv.requests
+        assert "[file todo.txt]\n```\nbuy milk\n```" in _messages(body)[-1][1]
