@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,18 @@ MAX_SCAN_FILES = 20_000  # a work dir with more is not scanned: bash changes are
 FILE_TOOLS = ("write_file", "edit_file")
 
 Manifest = dict[str, str]  # relative path -> blob hash
+
+
+def _walk(workdir: Path) -> Iterator[tuple[str, list[str]]]:
+    """(dir, file names) of the work dir, without VCS dirs, dependency trees and caches (a
+    directory holding a CACHEDIR.TAG, as mypy, ruff and pytest mark theirs): what a tool run
+    rebuilds is not worth a copy per session."""
+    for dirpath, dirnames, filenames in os.walk(workdir):
+        if "CACHEDIR.TAG" in filenames:
+            dirnames[:] = []
+            continue
+        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+        yield dirpath, filenames
 
 
 def _sha(data: bytes) -> str:
@@ -129,8 +142,7 @@ class Recorder:
     def scan(self) -> Manifest | None:
         """Every file of the work dir -> the hash of its content (stored); None if too big."""
         out: Manifest = {}
-        for dirpath, dirnames, filenames in os.walk(self.workdir):
-            dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+        for dirpath, filenames in _walk(self.workdir):
             for name in filenames:
                 path = Path(dirpath, name)
                 rel = path.relative_to(self.workdir).as_posix()
@@ -233,8 +245,7 @@ def _changes(call: Call, workdir: Path, blobs: Blobs) -> dict[str, dict[str, str
     manifest: Manifest = json.loads(blobs.get(call.manifest))
     changes: dict[str, dict[str, str | None]] = {}
     now: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(workdir):
-        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+    for dirpath, filenames in _walk(workdir):
         for name in filenames:
             rel = Path(dirpath, name).relative_to(workdir).as_posix()
             now.add(rel)

@@ -58,6 +58,11 @@ def test_bash_scan_sees_created_changed_and_deleted_files(tmp_path: Path) -> Non
     (work / "del.txt").write_text("d")
     (work / ".git").mkdir()
     (work / ".git" / "HEAD").write_text("ref")  # never scanned, never restored
+    (work / ".mypy_cache").mkdir()
+    (work / ".mypy_cache" / "CACHEDIR.TAG").write_text(
+        "Signature: 8a477f597d28d172789f06886806bc55"
+    )
+    (work / ".mypy_cache" / "x.json").write_text("1")  # a cache: rebuilt, not kept
     rec = Recorder(session, work)
     token = rec.before("b1", "bash", {"command": "..."}, 1)
     (work / "keep.txt").write_text("changed")
@@ -65,10 +70,12 @@ def test_bash_scan_sees_created_changed_and_deleted_files(tmp_path: Path) -> Non
     (work / "sub").mkdir()
     (work / "sub" / "made.txt").write_text("m")
     (work / ".git" / "HEAD").write_text("other")
+    (work / ".mypy_cache" / "x.json").write_text("2")
     rec.after("b1", token)
     report = revert(session, work, 1)
     assert sorted(report.restored) == ["del.txt", "keep.txt"]
     assert report.deleted == ["sub/made.txt"]
     assert (work / "keep.txt").read_text() == "k" and (work / "del.txt").read_text() == "d"
     assert (work / ".git" / "HEAD").read_text() == "other"
+    assert (work / ".mypy_cache" / "x.json").read_text() == "2"
     session.close()
