@@ -12,20 +12,23 @@ window are nexpy.context's; the limits of a run (turns, time) are nexpy.limits'.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from nexpy import adapt
+from nexpy import adapt, instructions
 from nexpy.budget import DEFAULT_WINDOW, Budget
 from nexpy.context import Context
 from nexpy.demo import DemoModel
-from nexpy.errors import ProviderError, UsageError
+from nexpy.errors import LimitReached, ProviderError, UsageError
 from nexpy.events import Emitter
 from nexpy.handler import Confirm, HandlerOptions, TextCallback, Totals
-from nexpy.limits import Limits, summary_prompt
+from nexpy.limits import Limits, LoopGuard, summary_prompt
 from nexpy.messages import INTERRUPTED, assistant, text_of, tool_result, user
 from nexpy.plan import SpawnPlan
 from nexpy.provider import LitellmModel
@@ -33,6 +36,8 @@ from nexpy.reply import Model, Reply
 from nexpy.session import Session
 from nexpy.toolcalls import parse_arguments
 from nexpy.tools import Tool, ToolContext, ToolResult, all_tools, execute, schemas
+from nexpy.tools.files import preview
+from nexpy.undo import Recorder
 from nexpy.window import Window, discover
 
 # finish_reason "length": the server ended the answer at the output limit (not a cut stream).
@@ -73,6 +78,14 @@ class Agent:
         self.schemas = schemas(tools)
         self.ctx = ctx
         self.limits = limits or Limits()
+        self.loop_guard = LoopGuard()
+        self.undo = Recorder(session, ctx.workdir)
+        # Numbers the user messages of the session: undo reverts by these turns.
+        self.turn_no = sum(
+            1
+            for e in session.entries()
+            if e.get("kind") == "message" and e.get("message", {}).get("role") == "user"
+        )
         self.confirm = confirm
         self.totals = Totals()
         self.started = time.monotonic()
@@ -118,6 +131,10 @@ class Agent:
         """Forget the conversation (the REPL's /clear); the journal keeps the old one."""
         self.context.clear()
 
+    def add_note(self, text: str) -> None:
+        """Tell the model something happened outside the conversation (the REPL's /undo)."""
+        self._record(user(text))
+
     async def aclose(self) -> None:
         """Nothing to release: the HTTP pool lives as long as the event loop (nexpy.coalesce), and
         the session belongs to Run."""
@@ -125,6 +142,8 @@ class Agent:
     async def send(self, text: str, on_text: TextCallback | None = None) -> str:
         """Add a user message and run until the model answers without calling a tool."""
         self._record(user(text))
+        self.turn_no += 1
+        self.loop_guard = LoopGuard()  # a new message breaks any streak
         async with self.limits.deadline(self.started):
             while True:
                 self.limits.check_turns(self.totals.turns)
@@ -182,15 +201,29 @@ class Agent:
         answered: set[str] = set()
         try:
             for group in self._groups(calls):
+                nudges = [self._loop_nudge(call) for call in group]
                 results = await asyncio.gather(*(self._run_one(call) for call in group))
-                for call, (result, seconds) in zip(group, results, strict=True):
+                for call, nudge, (result, seconds) in zip(group, nudges, results, strict=True):
+                    if nudge:
+                        result = replace(result, output=f"{result.output}\n\n{nudge}")
                     self._record_result(call, result, seconds)
                     answered.add(call["id"])
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, LimitReached) as e:
+            # Every call gets its result, so the history stays one a strict server accepts.
+            text = INTERRUPTED if isinstance(e, asyncio.CancelledError) else f"error: {e.message}"
             for call in calls:
                 if call["id"] not in answered:
-                    self._record_result(call, ToolResult(False, INTERRUPTED), 0.0)
+                    self._record_result(call, ToolResult(False, text), 0.0)
             raise
+
+    def _loop_nudge(self, call: dict[str, Any]) -> str:
+        """The stuck-loop rule (nexpy.limits.LoopGuard) for one call, before it runs."""
+        raw = call["function"].get("arguments")
+        try:
+            key = json.dumps(parse_arguments(raw), sort_keys=True)
+        except (ValueError, TypeError):
+            key = str(raw)
+        return self.loop_guard.see(call["function"]["name"], key)
 
     def _groups(self, calls: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
         """Consecutive read-only calls run together; a mutating call runs alone, in order."""
@@ -220,9 +253,23 @@ class Agent:
         if tool is None:
             known = ", ".join(sorted(self.tools))
             return ToolResult(False, f"error: unknown tool {name!r}; available tools: {known}"), 0.0
-        if tool.mutating and self.confirm is not None and not await self.confirm(name, args):
-            return ToolResult(False, "error: the user declined this tool call"), 0.0
-        result = await execute(tool, args, self.ctx, call["id"])
+        if tool.mutating and self.confirm is not None:
+            diff = await asyncio.to_thread(preview, name, args, self.ctx)
+            if not await self.confirm(name, args, diff):
+                return ToolResult(False, "error: the user declined this tool call"), 0.0
+        if not tool.mutating:
+            return await execute(tool, args, self.ctx, call["id"]), time.monotonic() - start
+        # The pre-image first (journaled and fsynced), so even a kill -9 mid-call is undoable.
+        try:
+            token = await asyncio.to_thread(self.undo.before, call["id"], name, args, self.turn_no)
+        except OSError as e:
+            token = None
+            self.emit("warning", message=f"cannot keep the pre-image for undo: {e}")
+        try:
+            result = await execute(tool, args, self.ctx, call["id"])
+        finally:
+            with contextlib.suppress(OSError):
+                await asyncio.shield(asyncio.to_thread(self.undo.after, call["id"], token))
         return result, time.monotonic() - start
 
     # -- persistence: the one place a message enters history and journal ------------------
@@ -329,7 +376,10 @@ def create(plan: SpawnPlan, session: Session, emitter: Emitter, opts: HandlerOpt
             sandbox=plan.sandbox.hiding(Path.home(), session.path.parent.parent),
         ),
         budget=Budget(plan.context_window, plan.provenance.get("context_window", "default")),
-        system_prompt=opts.system_prompt,
+        system_prompt=instructions.system_prompt(
+            opts.system_prompt or SYSTEM_PROMPT.format(workdir=opts.workdir.resolve()),
+            opts.instructions,
+        ),
         limits=opts.limits,
         confirm=None if opts.yes else opts.confirm,
     )

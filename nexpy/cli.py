@@ -27,7 +27,7 @@ examples:
   nex -m local:qwen3-coder -e http://127.0.0.1:8080
   nex -m ollama:qwen3:8b --autonomous "fix the failing test"
   nex -m stub:demo --autonomous "show me what you can do"
-  nex sessions | nex doctor -m MODEL [-e URL]
+  nex sessions | nex doctor -m MODEL [-e URL] | nex undo [--session S] [N]
 exit codes: 0 finished, 1 runtime failure, 2 usage or config error, 3 limit hit, 130 interrupted"""
 
 
@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--network", action="store_true", default=None, help="open the network in the sandbox"
     )
     p.add_argument("--yes", action="store_true", help="do not ask before mutating tools")
+    p.add_argument(
+        "--no-project-doc",
+        action="store_true",
+        help="do not read AGENTS.md / CLAUDE.md into the system prompt",
+    )
     p.add_argument("--system-prompt", metavar="TEXT|@FILE", help="replace the system prompt")
     p.add_argument("-C", dest="workdir", metavar="DIR", help="the work dir (default: cwd)")
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks and debug detail")
@@ -189,6 +194,10 @@ def _json_failure(error: NexError) -> None:
 def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "sessions":
         return _sessions(argv[1:])
+    if argv and argv[0] == "undo":
+        from nexpy.undo import main as undo_main
+
+        return undo_main(argv[1:])
     if argv and argv[0] == "doctor":
         from nexpy.doctor import main as doctor_main
 
@@ -233,11 +242,14 @@ def _dispatch(argv: list[str]) -> int:
             read_only=args.read_only,
             yes=args.yes,
             system_prompt=_system_prompt(args.system_prompt),
+            project_doc=not args.no_project_doc,
+            project_doc_max_tokens=config.project_doc_max_tokens,
         ),
         chat=args.chat,
         resume=args.resume,
         json=args.json,
         verbose=args.verbose,
+        notify_after=config.notify,
     )
     if autonomous:
         message = args.message if args.message is not None else _stdin_message()

@@ -5,6 +5,7 @@
     context_window = 32768
     sandbox = "workspace-write"        # bash's sandbox: read-only, workspace-write or off
     network = false                    # open the network inside the sandbox
+    project_doc_max_tokens = 4096      # cap on AGENTS.md / CLAUDE.md text (nexpy.instructions)
 
     [endpoints.box]
     url = "http://10.0.0.5:8080"
@@ -12,6 +13,12 @@
     api_key_env = "BOX_KEY"            # the *name* of the variable holding the key, never the key
     context_window = 16384
     headers = { "X-Team" = "nexpy" }
+    temperature = 0.2                  # request settings for every model on this endpoint
+
+    [models."qwen3-coder*"]            # request settings by model name or glob
+    temperature = 0.7
+    top_k = 20
+    extra_body = { chat_template_kwargs = { enable_thinking = false } }
 
 Precedence (DESIGN §2) is decided in `plan.plan_spawn`; this module only loads and says which
 file each value came from.
@@ -23,6 +30,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,9 +39,29 @@ from nexpy.errors import ConfigError
 LOCAL_CONFIG = Path(".nex") / "config.toml"
 
 
-class EndpointConfig(BaseModel):
+class ModelSettings(BaseModel):
+    """Request settings for a model (a `[models."GLOB"]` table) or an endpoint: only what the
+    user sets goes on the wire; the server's (or the model's) own defaults stay in force."""
+
     model_config = ConfigDict(extra="forbid")
 
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    reasoning_effort: str | None = None
+    extra_body: dict[str, Any] | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The settings this table sets."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+SETTINGS = tuple(ModelSettings.model_fields)
+
+
+class EndpointConfig(ModelSettings):
     url: str
     provider: str | None = None
     api_key_env: str | None = None
@@ -49,7 +77,10 @@ class FileConfig(BaseModel):
     context_window: int | None = Field(default=None, gt=0)
     sandbox: str | None = None  # checked against the modes in nexpy.sandbox.choose
     network: bool | None = None
+    project_doc_max_tokens: int | None = Field(default=None, gt=0)
+    notify: float | None = Field(default=None, ge=0)
     endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
 
 
 @dataclass
@@ -61,7 +92,10 @@ class Config:
     context_window: int | None = None
     sandbox: str | None = None
     network: bool | None = None
+    project_doc_max_tokens: int | None = None
+    notify: float | None = None  # seconds: a longer REPL answer rings the terminal (nexpy.notify)
     endpoints: dict[str, EndpointConfig] = field(default_factory=dict)
+    models: dict[str, ModelSettings] = field(default_factory=dict)  # by model name or glob
     source: dict[str, str] = field(default_factory=dict)
 
 
@@ -109,7 +143,15 @@ def load_config(cwd: Path, *, global_path: Path | None = None) -> Config:
             continue
         fc = read_file(path)
         label = _display(path, cwd)
-        for key in ("model", "endpoint", "context_window", "sandbox", "network"):
+        for key in (
+            "model",
+            "endpoint",
+            "context_window",
+            "sandbox",
+            "network",
+            "project_doc_max_tokens",
+            "notify",
+        ):
             value = getattr(fc, key)
             if value is not None:
                 setattr(merged, key, value)
@@ -117,4 +159,7 @@ def load_config(cwd: Path, *, global_path: Path | None = None) -> Config:
         for name, ep in fc.endpoints.items():
             merged.endpoints[name] = ep
             merged.source[f"endpoints.{name}"] = label
+        for pattern, settings in fc.models.items():
+            merged.models[pattern] = settings
+            merged.source[f"models.{pattern}"] = label
     return merged

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nexpy.errors import ProviderError, one_line
@@ -80,8 +81,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Entry point of `nex doctor`; returns the exit code."""
     args = _parser().parse_args(argv)
-    from pathlib import Path
-
     from nexpy.config import load_config
 
     plan = plan_spawn(
@@ -92,6 +91,7 @@ def main(argv: list[str]) -> int:
     where = f"{plan.spec}" + (f" at {plan.endpoint}" if plan.endpoint else "")
     print(f"nex doctor: {where}")
     rows = [*diagnose(plan, timeout=args.timeout), sandbox_row()]
+    rows.append(instructions_row(plan, Path.cwd()))
     print(render(rows))
     failed = next((r for r in rows if r.status == FAIL), None)
     if failed is None:
@@ -119,6 +119,17 @@ def sandbox_row() -> Row:
     if bwrap is None:
         return Row("sandbox", WARN, f"{why}; bash would run unconfined ({INSTALL_HINT})")
     return Row("sandbox", OK, f"{bwrap} confines bash here (read-only, workspace-write)")
+
+
+def instructions_row(plan: SpawnPlan, workdir: Path) -> Row:
+    """Which AGENTS.md / CLAUDE.md files a session started here would read (nexpy.instructions)."""
+    from nexpy.config import global_config_path
+    from nexpy.instructions import discover
+
+    if plan.handler != "nex":
+        return Row("instructions", INFO, f"{plan.handler} reads its own project files")
+    files = discover(workdir, global_config_path().parent)
+    return Row("instructions", INFO, ", ".join(map(str, files)) or "no AGENTS.md or CLAUDE.md")
 
 
 def render(rows: list[Row]) -> str:

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from nexpy.session import Session
 
 TextCallback = Callable[[str], None]
-Confirm = Callable[[str, dict[str, Any]], Awaitable[bool]]
+# (tool name, arguments, the diff it would make or "") -> whether to run it
+Confirm = Callable[[str, dict[str, Any], str], Awaitable[bool]]
 
 
 @dataclass
@@ -41,6 +42,9 @@ class HandlerOptions:
     yes: bool = False
     system_prompt: str | None = None
     confirm: Confirm | None = None
+    project_doc: bool = True  # read AGENTS.md / CLAUDE.md (nexpy.instructions)
+    project_doc_max_tokens: int | None = None
+    instructions: str = ""  # their text, set by the run (journaled once per session)
 
     @property
     def limits(self) -> Limits:

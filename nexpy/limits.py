@@ -22,7 +22,15 @@ SUMMARY_REQUEST = (
     "what is left to do, and how to continue."
 )
 # LimitReached.reason -> the word the summary request uses for it.
-_LIMIT_WORDS = {"max_turns": "turn", "max_time": "time"}
+_LIMIT_WORDS = {"max_turns": "turn", "max_time": "time", "loop": "repeated-call"}
+LOOP_NUDGE_AT = 3  # the same call this many times in a row: a nudge in its result
+LOOP_STOP_AT = 4  # ... and this many: the run ends (LimitReached "loop", exit 3)
+LOOP_NUDGE = (
+    "[nex] You made the same {name} call with the same arguments {n} times in a row. Its "
+    "result will not change: "
+    "try something different (other arguments, another tool), or answer without a tool. "
+    "Repeating it once more ends the run."
+)
 
 
 def summary_prompt(reason: str) -> str:
@@ -37,6 +45,31 @@ def turn_limit(limit: int | None, *, who: str = "the run") -> LimitReached:
         reason="max_turns",
         hint=f"raise --max-turns or {CONTINUE_HINT}",
     )
+
+
+class LoopGuard:
+    """Counts identical tool calls (same name, same arguments) in a row: small models stuck in a
+    loop repeat a call whose result cannot change, and burn turns until a limit stops them."""
+
+    def __init__(self) -> None:
+        self._last: tuple[str, str] | None = None
+        self._count = 0
+
+    def see(self, name: str, arguments: str) -> str:
+        """Count one call (`arguments` canonical, e.g. sorted-key JSON); return the nudge to
+        fold into its result ("" for none). Raises LimitReached on the call that ends the run."""
+        key = (name, arguments)
+        self._count = self._count + 1 if key == self._last else 1
+        self._last = key
+        if self._count >= LOOP_STOP_AT:
+            raise LimitReached(
+                f"the model repeated the same {name} call {self._count} times in a row",
+                reason="loop",
+                hint="rephrase the task, try a stronger model, or continue with --chat",
+            )
+        if self._count >= LOOP_NUDGE_AT:
+            return LOOP_NUDGE.format(n=self._count, name=name)
+        return ""
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from fnmatch import fnmatchcase
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from nexpy.config import Config, EndpointConfig
+from nexpy.config import SETTINGS, Config, EndpointConfig, ModelSettings
 from nexpy.credentials import getenv, redact
 from nexpy.errors import ConfigError, UsageError
 from nexpy.routing import EXECUTOR_PREFIX, ROUTES, ModelSpec, default_endpoint, parse_model
@@ -53,6 +54,10 @@ class SpawnPlan:
     provenance: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     sandbox: Sandbox = field(default_factory=Sandbox)
+    # Request settings the user configured (temperature, top_k, extra_body, ...), and where
+    # each came from; nothing else is sent, so the server's recommended sampling stays.
+    settings: dict[str, Any] = field(default_factory=dict)
+    settings_source: dict[str, str] = field(default_factory=dict)
 
     @property
     def model(self) -> str:
@@ -83,6 +88,9 @@ class SpawnPlan:
             src = self.provenance.get("context_window")
             parts.append(f"context_window={self.context_window} (from {src})")
         parts.append(f"sandbox={self.sandbox.describe()} (from {self.provenance.get('sandbox')})")
+        for key, value in self.settings.items():
+            shown = json.dumps(value, separators=(",", ":"))
+            parts.append(f"{key}={shown} (from {self.settings_source[key]})")
         if self.api_key_env:
             state = "set" if self.api_key() else "NOT SET"
             parts.append(f"key=${self.api_key_env} ({state})")
@@ -245,9 +253,47 @@ def plan_spawn(
         warnings=warnings,
         sandbox=sandbox,
     )
+    if route.handler == "nex":
+        plan.settings, plan.settings_source = model_settings(
+            config, spec, named, ep_value if named is not None else None
+        )
     if plan.handler != "nex":
         plan.argv, plan.env = _cli_command(plan)
     return plan
+
+
+def model_settings(
+    config: Config, spec: ModelSpec, endpoint: EndpointConfig | None, endpoint_name: str | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The request settings for `spec`, each from the most specific table that sets it:
+
+        [models."NAME"] (exact)  >  [models."GLOB"] (the longest glob first)  >  [endpoints.E]
+
+    A name or glob matches the model with or without its prefix (`local:qwen3`, `qwen3`).
+    Returns the settings and, for each, where it came from (for the plan line).
+    """
+    names = {str(spec), spec.name}
+    exact = [p for p in config.models if p in names]
+    globs = sorted(
+        (p for p in config.models if p not in names and any(fnmatchcase(n, p) for n in names)),
+        key=lambda p: (-len(p), p),
+    )
+    tables: list[tuple[ModelSettings, str]] = [
+        (config.models[p], f"models.{p!r} in {config.source.get(f'models.{p}', 'config')}")
+        for p in (*exact, *globs)
+    ]
+    if endpoint is not None and endpoint_name is not None:
+        where = config.source.get(f"endpoints.{endpoint_name}", "config")
+        tables.append((endpoint, f"endpoints.{endpoint_name} in {where}"))
+    settings: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for key in SETTINGS:
+        for table, where in tables:
+            value = getattr(table, key)
+            if value is not None:
+                settings[key], source[key] = value, where
+                break
+    return settings, source
 
 
 CODEX_PROVIDER = "nex"  # the id of the custom model provider `-e` becomes for codex

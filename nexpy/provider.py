@@ -113,7 +113,24 @@ class LitellmModel:
         param = self.plan.spec.route.window_param
         if param and self.window:
             kwargs[param] = self.window  # the window nex budgets against (Ollama's num_ctx)
+        self._add_settings(kwargs)
         return kwargs
+
+    def _add_settings(self, kwargs: dict[str, Any]) -> None:
+        """The user's configured request settings (nexpy.plan.model_settings), and only those.
+        top_k and min_p are not OpenAI fields: they go in the body as llama.cpp, vLLM and
+        Ollama's OpenAI API read them. A configured max_tokens lowers nex's own, never raises
+        it: the context budget reserved that much for the reply."""
+        s = self.plan.settings
+        for key in ("temperature", "top_p", "reasoning_effort"):
+            if key in s:
+                kwargs[key] = s[key]
+        if "max_tokens" in s:
+            ours = kwargs.get("max_tokens")
+            kwargs["max_tokens"] = min(s["max_tokens"], ours) if ours else s["max_tokens"]
+        body = {k: s[k] for k in ("top_k", "min_p") if k in s} | s.get("extra_body", {})
+        if body:
+            kwargs["extra_body"] = body
 
     async def complete(
         self,

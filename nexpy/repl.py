@@ -25,8 +25,10 @@ import select
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TextIO
 
 from prompt_toolkit import PromptSession
@@ -46,10 +48,12 @@ from nexpy import __version__
 from nexpy.errors import LimitReached, NexError, UsageError
 from nexpy.events import Event, ProgressSink, describe_call
 from nexpy.handler import ContextControl
+from nexpy.notify import answer_ready
 from nexpy.outcome import outcome_of
 from nexpy.plan import SpawnPlan
 from nexpy.runtime import Run, RunOptions, cancel_on, print_traceback
 from nexpy.session import copy_session, list_sessions, private_dir, state_home, validate_name
+from nexpy.tools.diffs import colored
 
 PROMPT = "› "
 HISTORY_FILE = "repl_history"
@@ -90,6 +94,8 @@ def parse_input(text: str) -> Command | str | None:
         return None
     if stripped.startswith("//"):
         return stripped[1:]
+    if stripped.startswith("!") and stripped[1:].strip():
+        return Command("!", stripped[1:].strip())  # a shell command run here, never sent
     if stripped.startswith("/"):
         parts = stripped[1:].split(maxsplit=1)
         if not parts:
@@ -97,6 +103,30 @@ def parse_input(text: str) -> Command | str | None:
         return Command(parts[0], parts[1].strip() if len(parts) > 1 else "")
     # Keep the indentation of a pasted first line; only blank edges go.
     return text.strip("\n").rstrip()
+
+
+_AT_PATH = re.compile(r"(?<!\S)@([\w.~/+-]+[\w/+-])")
+MAX_INCLUDE_BYTES = 100_000
+
+
+def include_files(text: str, workdir: Path) -> str:
+    """`@path` names a file of the work dir: its text is appended to the message, once per file.
+    A name that is not such a file is left alone (an e-mail address, a decorator)."""
+    from nexpy.tools.paths import display, resolve
+
+    added: list[str] = []
+    seen: set[Path] = set()
+    for match in _AT_PATH.finditer(text):
+        try:
+            path = resolve(workdir, match.group(1), must_exist=True)
+        except Exception:
+            continue
+        if path in seen or not path.is_file() or path.stat().st_size > MAX_INCLUDE_BYTES:
+            continue
+        seen.add(path)
+        body = path.read_text(encoding="utf-8", errors="replace")
+        added.append(f"[file {display(workdir, path)}]\n```\n{body.rstrip()}\n```")
+    return "\n\n".join([text, *added]) if added else text
 
 
 def has_markdown(text: str) -> bool:
@@ -527,7 +557,9 @@ class Repl:
 
     async def send(self, text: str) -> None:
         """Send one message and show the answer; every failure ends here, the REPL goes on."""
+        text = include_files(text, self.opts.handler.workdir.resolve())
         self.terminal.begin_answer()
+        started = time.monotonic()
         task = asyncio.ensure_future(self.run.agent.send(text, self.terminal.text))
         self._generating = task
         try:
@@ -555,9 +587,11 @@ class Repl:
         finally:
             self._generating = None
         self.terminal.finish_answer(answer)
+        answer_ready(sys.stdout, time.monotonic() - started, self.opts.notify_after)
 
-    async def confirm(self, name: str, args: dict[str, Any]) -> bool:
-        """Ask before a mutating tool runs (not used with --yes). Ctrl-C cancels the answer.
+    async def confirm(self, name: str, args: dict[str, Any], diff: str = "") -> bool:
+        """Ask before a mutating tool runs (not used with --yes), showing the diff it would
+        make first. Ctrl-C cancels the answer.
 
         Keys typed before the question is drawn belong to the next message, never to the
         answer: they are taken before asking and given back to the main prompt afterwards.
@@ -569,6 +603,8 @@ class Repl:
         try:
             async with in_terminal():  # hides the main prompt and stops it reading
                 held = read_waiting_keys(self.stdin)
+                if diff:
+                    print(colored(diff) if sys.stdout.isatty() else diff, flush=True)
                 reply = await self._confirm_prompt.prompt_async(
                     f"run {describe_call(name, args)}? [y/N] "
                 )
@@ -620,6 +656,9 @@ class Repl:
 
     async def command(self, cmd: Command) -> bool:
         """Run a slash command; True means quit."""
+        if cmd.name == "!":
+            await self.shell(cmd.arg)
+            return False
         handler = COMMANDS.get(cmd.name.lower())
         if handler is None:
             self.terminal.note(f"unknown command /{cmd.name}; /help lists them")
@@ -631,6 +670,29 @@ class Repl:
         except OSError as e:
             self.terminal.note(f"error: {e}")
         return False
+
+    async def shell(self, command: str) -> None:
+        """`!cmd`: run a shell command in the work dir and show its output; the model never
+        sees it (it is the person's own look around)."""
+        proc = await asyncio.create_subprocess_shell(
+            command,
+            cwd=self.opts.handler.workdir,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), SHELL_TIMEOUT)
+        except (TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            self.terminal.note(f"!{command}: stopped")
+            return
+        lines = out.decode("utf-8", "replace").rstrip("\n").splitlines()
+        if len(lines) > SHELL_LINES:
+            lines = [*lines[:SHELL_LINES], f"[... {len(lines) - SHELL_LINES} more lines]"]
+        self.terminal.say("\n".join([*lines, f"[exit {proc.returncode}; not sent to the model]"]))
 
     # -- commands -----------------------------------------------------------------------------
     async def cmd_help(self, arg: str) -> bool:
@@ -653,6 +715,29 @@ class Repl:
         self.terminal.say(await self.run.agent.compact())
         return False
 
+    async def cmd_undo(self, arg: str) -> bool:
+        from nexpy.undo import revert
+
+        turns = int(arg) if arg.strip().isdigit() and int(arg) > 0 else 1
+        workdir = self.run.opts.handler.workdir.resolve()
+        report = revert(self.run.session, workdir, turns)
+        if not report.calls:
+            self.terminal.say("/undo: no file changes left to undo in this session")
+            return False
+        add_note = getattr(self.run.agent, "add_note", None)
+        if add_note is not None:
+            add_note(report.note())
+        self.terminal.say("\n".join(report.lines()))
+        return False
+
+    async def cmd_diff(self, arg: str) -> bool:
+        from nexpy.undo import session_diff
+
+        diff = session_diff(self.run.session, self.run.opts.handler.workdir)
+        shown = colored(diff) if sys.stdout.isatty() else diff
+        self.terminal.say(shown or "/diff: this session changed no files (or undid them)")
+        return False
+
     async def cmd_tokens(self, arg: str) -> bool:
         agent = self.run.agent
         totals = agent.totals
@@ -664,12 +749,45 @@ class Repl:
         return False
 
     async def cmd_model(self, arg: str) -> bool:
-        self.terminal.say(
-            f"model: {self.plan.spec}\n{self.plan.line()}\n"
-            "switching models needs a restart: nex -m PROVIDER:MODEL "
-            f"--chat {self.run.session.id} continues this conversation"
-        )
+        if not arg.strip():
+            self.terminal.say(
+                f"model: {self.plan.spec}\n{self.plan.line()}\n"
+                "/model NAME [ENDPOINT] switches, keeping this conversation"
+            )
+            return False
+        plan = self._replan(*arg.split(maxsplit=1))
+        # The same session, so the history (and the journaled instructions) carry over; its
+        # lock is let go first, and taken back with the old plan if the new one cannot start.
+        opts = replace(self.opts, chat=self.run.session.id, resume=None)
+        await self.run.end(outcome_of(None, finished="switched"))
+        try:
+            new = Run(plan, opts, sinks=[self.sink], confirm=self.confirm)
+        except BaseException:
+            self.run = Run(self.plan, opts, sinks=[self.sink], confirm=self.confirm)
+            self.opts = opts
+            raise
+        self.run, self.opts, self.plan = new, opts, plan
+        self.terminal.say(plan.line())
         return False
+
+    def _replan(self, name: str, endpoint: str | None = None) -> SpawnPlan:
+        """The plan for `/model NAME [ENDPOINT]`: the same rules as `nex -m NAME -e ENDPOINT`;
+        without an endpoint, a model on the same route stays on the current server."""
+        from nexpy.config import load_config
+        from nexpy.plan import SpawnRequest, plan_spawn
+        from nexpy.routing import parse_model
+
+        if endpoint is None and parse_model(name).route == self.plan.spec.route:
+            endpoint = self.plan.endpoint
+        workdir = self.opts.handler.workdir
+        plan = plan_spawn(SpawnRequest(name, endpoint), load_config(workdir))
+        if plan.handler != self.plan.handler:
+            raise UsageError(
+                f"/model cannot move this {self.plan.handler} conversation to {plan.handler}",
+                hint=f"start a new session: nex -m {name}",
+            )
+        plan.sandbox = self.plan.sandbox  # the mode this REPL started with
+        return plan
 
     async def cmd_save(self, arg: str) -> bool:
         if not arg:
@@ -720,13 +838,19 @@ class Repl:
         return True
 
 
+SHELL_TIMEOUT = 120.0  # seconds a `!cmd` may run
+SHELL_LINES = 200  # lines of its output shown
+
+
 # name -> (handler, usage, what it does); /help prints them in this order.
 COMMANDS: dict[str, tuple[CommandHandler, str, str]] = {
     "help": (Repl.cmd_help, "/help", "list commands and keys"),
     "clear": (Repl.cmd_clear, "/clear", "start a fresh conversation in this session"),
     "tokens": (Repl.cmd_tokens, "/tokens", "context used and tokens spent"),
     "compact": (Repl.cmd_compact, "/compact", "shrink the conversation to free context now"),
-    "model": (Repl.cmd_model, "/model", "the model and how it was chosen"),
+    "model": (Repl.cmd_model, "/model [NAME [URL]]", "the model, or switch to NAME"),
+    "undo": (Repl.cmd_undo, "/undo [N]", "revert the file changes of the last N turns"),
+    "diff": (Repl.cmd_diff, "/diff", "what this session changed in the work dir"),
     "save": (Repl.cmd_save, "/save NAME", "copy this session to a new session NAME"),
     "load": (Repl.cmd_load, "/load NAME", "switch to the session NAME"),
     "sessions": (Repl.cmd_sessions, "/sessions", "list sessions, newest first"),

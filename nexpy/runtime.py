@@ -19,10 +19,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from nexpy import instructions
+from nexpy.config import global_config_path
 from nexpy.credentials import hold_run_keys, redact
 from nexpy.errors import EXIT_INTERRUPTED, LimitReached, NexError
 from nexpy.events import Emitter, JsonSink, ProgressSink, Sink
 from nexpy.handler import Confirm, Handler, HandlerOptions, load_factory
+from nexpy.instructions import Instructions, load, restore
 from nexpy.outcome import Outcome, outcome_of
 from nexpy.plan import SpawnPlan
 from nexpy.session import Session, state_home
@@ -38,6 +41,7 @@ class RunOptions:
     json: bool = False
     verbose: bool = False
     home: Path | None = None
+    notify_after: float | None = None  # config `notify`: the REPL rings after this many seconds
 
 
 def open_session(opts: RunOptions) -> Session:
@@ -78,8 +82,10 @@ class Run:
         self.session = open_session(opts)
         self.emitter.session = self.session.id
         try:
-            resumed = bool(self.session.entries())
+            entries = self.session.entries()
+            resumed = bool(entries)
             workdir = opts.handler.workdir.resolve()
+            self.instructions, fresh = _instructions(plan, opts.handler, workdir, entries)
             # Build the handler first: one that cannot start (a missing binary) must not leave
             # an `init` without an `end` behind.
             factory = load_factory(plan)
@@ -87,7 +93,12 @@ class Run:
                 plan,
                 self.session,
                 self.emitter,
-                replace(opts.handler, workdir=workdir, confirm=confirm),
+                replace(
+                    opts.handler,
+                    workdir=workdir,
+                    confirm=confirm,
+                    instructions=self.instructions.text,
+                ),
             )
             self.session.append(
                 "init",
@@ -99,12 +110,14 @@ class Run:
                 resumed=resumed,
                 sandbox=plan.sandbox.describe(),
             )
+            if fresh:
+                self.session.append("instructions", **self.instructions.as_entry())
         except BaseException:
             self.session.close()
             if not resumed_or_used(self.session):
                 shutil.rmtree(self.session.path, ignore_errors=True)  # it holds nothing
             raise
-        for warning in self.session.warnings:
+        for warning in [*self.session.warnings, *self.instructions.warnings]:
             self.emitter.emit("warning", message=warning)
         self.emitter.emit(
             "session.started",
@@ -114,6 +127,7 @@ class Run:
             plan=plan.line(),
             resumed=resumed,
             sandbox=plan.sandbox.describe(),
+            instructions=self.instructions.files,
         )
         self.ended = False
 
@@ -138,6 +152,26 @@ class Run:
         finally:
             self.session.close()
             self.emitter.emit("session.ended", **fields)
+
+
+def _instructions(
+    plan: SpawnPlan, opts: HandlerOptions, workdir: Path, entries: list[dict[str, Any]]
+) -> tuple[Instructions, bool]:
+    """The project instructions of this run, and whether they are new (to be journaled).
+
+    Read once, when the session starts; a resumed session keeps the text it journaled then, so
+    its system prompt stays byte-stable. The claude/codex CLIs read their own files.
+    """
+    if plan.handler != "nex" or not opts.project_doc:
+        return Instructions(), False
+    if entries:
+        return restore(entries) or Instructions(), False
+    kept = load(
+        workdir,
+        global_config_path().parent,
+        max_tokens=opts.project_doc_max_tokens or instructions.MAX_TOKENS,
+    )
+    return kept, True
 
 
 def resumed_or_used(session: Session) -> bool:

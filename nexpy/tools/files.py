@@ -18,11 +18,14 @@ import secrets
 import stat
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from nexpy.sandbox import Sandbox
 from nexpy.tools.base import Tool, ToolContext, ToolError
+from nexpy.tools.diffs import unified
+from nexpy.tools.matching import Ambiguous, closest, find
 from nexpy.tools.output import OUTPUTS_PREFIX
 from nexpy.tools.paths import display, resolve
 
@@ -239,14 +242,52 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _write_file(args: dict[str, Any], ctx: ToolContext, stop: threading.Event) -> str:
+@dataclass
+class Change:
+    """What a write_file / edit_file call will do, worked out before anything is written (so
+    the REPL can show the diff before it asks)."""
+
+    real: Path
+    shown: str
+    before: str | None  # None: a new file (or one that is not text)
+    after: str
+    summary: str
+
+    def diff(self) -> str:
+        return unified(self.shown, self.before, self.after)
+
+    def apply(self) -> str:
+        """Write the file; the result carries the diff when an existing file changed (a new
+        file's content is what the model just sent: echoing it back would only cost tokens)."""
+        _atomic_write(self.real, self.after.encode("utf-8"))
+        diff = self.diff() if self.before is not None else ""
+        return f"{self.summary}\n{diff}" if diff else self.summary
+
+
+def _text_or_none(path: Path) -> str | None:
+    """The file's text for a diff, or None if it is missing, binary, not UTF-8 or huge."""
+    try:
+        if path.stat().st_size > 1 << 20:
+            return None
+        raw = path.read_bytes()
+        return None if _is_binary(raw[:SNIFF_BYTES]) else raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _plan_write(args: dict[str, Any], ctx: ToolContext) -> Change:
     workdir = _workdir(ctx)
     real = _fenced(ctx, resolve(workdir, args["path"]), args["path"], write=True)
+    shown = display(workdir, real)
     if real.is_dir():
-        raise ToolError(f"{display(workdir, real)} is a directory")
-    data = args["content"].encode("utf-8")
-    _atomic_write(real, data)
-    return f"wrote {len(data)} bytes to {display(workdir, real)}"
+        raise ToolError(f"{shown} is a directory")
+    content: str = args["content"]
+    size = len(content.encode("utf-8"))
+    return Change(real, shown, _text_or_none(real), content, f"wrote {size} bytes to {shown}")
+
+
+def _write_file(args: dict[str, Any], ctx: ToolContext, stop: threading.Event) -> str:
+    return _plan_write(args, ctx).apply()
 
 
 async def _run_write_file(args: dict[str, Any], ctx: ToolContext) -> str:
@@ -257,7 +298,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _edit_file(args: dict[str, Any], ctx: ToolContext, stop: threading.Event) -> str:
+def _plan_edit(args: dict[str, Any], ctx: ToolContext) -> Change:
     workdir = _workdir(ctx)
     real = _fenced(ctx, resolve(workdir, args["path"], must_exist=True), args["path"], write=True)
     shown = display(workdir, real)
@@ -280,25 +321,66 @@ def _edit_file(args: dict[str, Any], ctx: ToolContext, stop: threading.Event) ->
         raise ToolError(
             f"{shown} is not UTF-8 text (byte {e.start}); edit_file cannot edit it"
         ) from None
-
     count = text.count(old)
     if count == 0 and "\r\n" in text and "\n" in old and "\r\n" not in old:
         # The model writes "\n"; a CRLF file has "\r\n". Match and write in the file's style.
         old = old.replace("\n", "\r\n")
         new = new.replace("\r\n", "\n").replace("\n", "\r\n")
-        count = text.count(old)
-    if count == 0:
+    try:
+        match = find(text, old, new)
+    except Ambiguous as e:
         raise ToolError(
-            f"old_string not found in {shown}; read the file and copy the text exactly, "
-            "whitespace and indentation included"
-        )
-    if count > 1 and not replace_all:
+            f"old_string is not in {shown} exactly, and matches {e.count} places after ignoring "
+            f"{e.how}; copy the text exactly, with enough surrounding lines to make it unique"
+        ) from None
+    if match is None:
+        raise _not_found(shown, text, old)
+    if match.count > 1 and not replace_all:
         raise ToolError(
-            f"old_string occurs {count} times in {shown}; add surrounding lines to make it "
+            f"old_string occurs {match.count} times in {shown}; add surrounding lines to make it "
             "unique, or pass replace_all=true"
         )
-    _atomic_write(real, text.replace(old, new).encode("utf-8"))
-    return f"edited {shown}: replaced {_plural(count, 'occurrence')}"
+    if match.how == "exact":
+        after = text.replace(old, new)
+        note = ""
+    else:
+        after = text[: match.start] + match.replacement + text[match.end :]
+        note = f" (matched after ignoring {match.how}; read the file before the next edit)"
+    summary = f"edited {shown}: replaced {_plural(match.count, 'occurrence')}{note}"
+    return Change(real, shown, text, after, summary)
+
+
+def _edit_file(args: dict[str, Any], ctx: ToolContext, stop: threading.Event) -> str:
+    return _plan_edit(args, ctx).apply()
+
+
+def preview(name: str, args: dict[str, Any], ctx: ToolContext) -> str:
+    """The diff a write_file / edit_file call would make, for the person asked to approve it;
+    "" for another tool or a call that will fail (the failure speaks for itself)."""
+    plans = {"write_file": _plan_write, "edit_file": _plan_edit}
+    if name not in plans:
+        return ""
+    try:
+        return plans[name](args, ctx).diff()
+    except (ToolError, OSError, KeyError, TypeError, AttributeError):
+        return ""
+
+
+def _not_found(shown: str, text: str, old: str) -> ToolError:
+    """A miss, with the file's closest lines so the model can copy the real text."""
+    message = (
+        f"old_string not found in {shown}; read the file and copy the text exactly, "
+        "whitespace and indentation included"
+    )
+    near = closest(text, old)
+    if near is None:
+        return ToolError(message)
+    first, lines = near
+    numbered = "\n".join(f"{first + i:>6}\t{line}" for i, line in enumerate(lines))
+    return ToolError(
+        message,
+        output=f"error: {message}. The closest lines of {shown} are:\n{numbered}",
+    )
 
 
 async def _run_edit_file(args: dict[str, Any], ctx: ToolContext) -> str:

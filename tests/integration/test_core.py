@@ -339,3 +339,31 @@ def test_sessions_lists_runs_newest_first(nex_env: NexEnv) -> None:
     ids = [line.split()[0] for line in listing.stdout.splitlines()]
     assert ids == ["newer", "older"]
     assert "ended:completed" in listing.stdout and "stub:demo" in listing.stdout
+
+
+def test_a_stuck_loop_is_nudged_then_ends_with_exit_3(nex_env: NexEnv) -> None:
+    """Issue 15 item 7: the same call 3 times gets a nudge, the 4th ends the run (exit 3)."""
+    same = {"tool_calls": [{"name": "bash", "arguments": {"command": "echo same"}}]}
+    script = {"replies": [same] * 4, "default": {"content": "summary: I was stuck"}}
+    with stub_server(script, strict=True) as srv:
+        result = nex_env.run(*_base(srv.url), "--json", "--autonomous", "loop please")
+    assert result.code == 3, result.stderr
+    assert srv.rejections == []
+    ended = result.events[-1]
+    assert (ended["type"], ended["status"], ended["exit_reason"]) == (
+        "session.ended",
+        "limit",
+        "loop",
+    )
+    results = [e for e in result.events if e["type"] == "tool.result"]
+    assert len(results) == 4
+    assert "[nex]" not in results[1]["output"]
+    assert "same bash call with the same arguments 3 times" in results[2]["output"]
+    assert (
+        results[3]["ok"] is False and "repeated the same bash call 4 times" in results[3]["output"]
+    )
+    # The 4th call never ran: bash ran three times.
+    assert sum("same\n" in r["output"] for r in results) == 3
+    # The wrap-up asked for a summary without tools.
+    assert "tools" not in srv.requests[-1] or not srv.requests[-1]["tools"]
+    assert "nex: error: the model repeated the same bash call 4 times" in result.stderr

@@ -435,3 +435,80 @@ def test_the_approval_question_ignores_keys_typed_before_it_was_drawn(
         assert not (nex_env.work / "ran.txt").exists()
         assert srv.rejections == []
         assert [_last_user(r) for r in srv.requests] == ["do it", "do it", "y"]
+
+
+def test_an_edit_shows_its_diff_before_the_approval_question(repl, nex_env: NexEnv) -> None:
+    target = nex_env.work / "notes.txt"
+    target.write_text("one\ntwo\nthree\n")
+    call = {"name": "edit_file", "arguments": {"path": "notes.txt", "old_string": "two",
+                                               "new_string": "TWO"}}  # fmt: skip
+    script = {"replies": [{"tool_calls": [call]}], "default": {"echo": True}}
+    with stub_server(script, strict=True) as srv:
+        pane = repl(srv, ask=True)
+        pane.send("shout the second line")
+        screen = pane.wait("[y/N]")
+        question = screen.rindex("[y/N]")
+        assert screen.rindex("-two") < question and screen.rindex("+TWO") < question
+        assert screen.rindex("+++ b/notes.txt") < question
+        assert target.read_text() == "one\ntwo\nthree\n"  # nothing written before the answer
+        pane.send("y")
+        pane.wait("echo: shout the second line")
+        assert target.read_text() == "one\nTWO\nthree\n"
+
+
+def test_diff_and_undo_in_the_repl(repl, nex_env: NexEnv) -> None:
+    target = nex_env.work / "plan.txt"
+    target.write_text("draft\n")
+    call = {"name": "write_file", "arguments": {"path": "plan.txt", "content": "final\n"}}
+    script = {"replies": [{"tool_calls": [call]}], "default": {"echo": True}}
+    with stub_server(script, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("finish the plan")
+        pane.wait("echo: finish the plan")
+        pane.wait_prompt()
+        pane.send("/diff")
+        screen = pane.wait("+final")
+        assert "-draft" in screen and "+++ b/plan.txt" in screen
+        pane.wait_prompt()
+        pane.send("/undo")
+        pane.wait("restored plan.txt")
+        assert target.read_text() == "draft\n"
+        pane.wait_prompt()
+        pane.send("what now")
+        # The note and the message merge into one user turn, which the stub echoes.
+        pane.wait("echo: [nex] The user undid the file changes")
+        assert srv.rejections == []
+        sent = " ".join(text for _, text in _messages(srv.requests[-1]))
+        assert "undid the file changes" in sent and "plan.txt" in sent
+
+
+def test_model_name_switches_the_model_and_keeps_the_conversation(repl) -> None:
+    with stub_server({"default": {"echo": True}}, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("first question")
+        pane.wait("echo: first question")
+        pane.wait_prompt()
+        pane.send("/model local:other-model")
+        pane.wait("model=local:other-model (from -m)")
+        pane.wait_prompt()
+        pane.send("second question")
+        pane.wait("echo: second question")
+        assert srv.rejections == []
+        assert srv.requests[0]["model"] == "stub-model"
+        assert srv.requests[-1]["model"] == "other-model"  # same server, same history
+        assert _messages(srv.requests[-1])[0] == ("user", "first question")
+
+
+def test_bang_runs_locally_and_at_path_includes_a_file(repl, nex_env: NexEnv) -> None:
+    (nex_env.work / "todo.txt").write_text("buy milk\n")
+    with stub_server({"default": {"echo": True}}, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("!echo from-the-shell-$((6*7))")
+        pane.wait("from-the-shell-42")
+        pane.wait("not sent to the model")
+        assert srv.requests == []  # the shell command never reached the model
+        pane.wait_prompt()
+        pane.send("summarise @todo.txt")
+        pane.wait("echo: summarise @todo.txt")
+        (body,) = srv.requests
+        assert "[file todo.txt]\n```\nbuy milk\n```" in _messages(body)[-1][1]

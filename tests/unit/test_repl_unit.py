@@ -296,3 +296,23 @@ def test_copy_session_copies_the_journal_and_refuses_to_overwrite(tmp_path: Path
     with pytest.raises(UsageError, match="already exists"):
         copy_session(source, tmp_path, "orig")
     source.close()
+
+
+def test_bang_is_a_local_shell_command_never_a_message() -> None:
+    from nexpy.repl import Command, parse_input
+
+    assert parse_input("!ls -la") == Command("!", "ls -la")
+    assert parse_input("  ! git status ") == Command("!", "git status")
+    assert parse_input("!") == "!"  # nothing to run: an ordinary message
+
+
+def test_at_path_appends_the_files_of_the_work_dir(tmp_path: Path) -> None:
+    from nexpy.repl import include_files
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("print('a')\n")
+    text = include_files("look at @src/a.py and @src/a.py, mail me@example.com", tmp_path)
+    assert text.count("[file src/a.py]\n```\nprint('a')\n```") == 1
+    assert text.startswith("look at @src/a.py")
+    assert include_files("no @missing.txt here", tmp_path) == "no @missing.txt here"
+    assert include_files("outside @../etc/passwd", tmp_path) == "outside @../etc/passwd"

@@ -321,7 +321,16 @@ async def test_edit_file_replaces_once(ctx: ToolContext) -> None:
     f = ctx.workdir / "m.py"
     f.write_text("def f():\n    return 1\n")
     r = await run(ctx, "edit_file", path="m.py", old_string="return 1", new_string="return 2")
-    assert r.ok and r.output == "edited m.py: replaced 1 occurrence"
+    assert r.ok
+    assert r.output.splitlines() == [
+        "edited m.py: replaced 1 occurrence",
+        "--- a/m.py",
+        "+++ b/m.py",
+        "@@ -1,2 +1,2 @@",
+        " def f():",
+        "-    return 1",
+        "+    return 2",
+    ]
     assert f.read_text() == "def f():\n    return 2\n"
 
 
