@@ -71,7 +71,6 @@ class Agent:
         confirm: Confirm | None = None,
         window: Callable[[], Awaitable[Window]] | None = None,
     ) -> None:
-        self.model = model
         self.session = session
         self.emit = emitter.emit
         self.tools = tools
@@ -103,6 +102,15 @@ class Agent:
         )
 
     # -- public ---------------------------------------------------------------------------
+    @property
+    def model(self) -> Model:
+        """The model every request of this conversation goes to (held by the context)."""
+        return self.context.model
+
+    @model.setter
+    def model(self, model: Model) -> None:
+        self.context.model = model
+
     @property
     def budget(self) -> Budget:
         return self.context.budget
