@@ -42,7 +42,14 @@ def peer(nex_env: NexEnv) -> NexEnv:
     nex_env.env["PATH"] = os.pathsep.join(
         [str(PEER_BIN), str(Path(sys.executable).parent), nex_env.env["PATH"]]
     )
-    for var, folder in (("CLAUDE_CONFIG_DIR", "claude-home"), ("CODEX_HOME", "codex-home")):
+    # TMPDIR: with bwrap on the machine, codex sandboxes its commands through a helper it links
+    # into CODEX_HOME, and it refuses to do that under the temp dir, where a test's folder is;
+    # then every command fails with "execvp codex-linux-sandbox". A real ~/.codex is not there.
+    for var, folder in (
+        ("CLAUDE_CONFIG_DIR", "claude-home"),
+        ("CODEX_HOME", "codex-home"),
+        ("TMPDIR", "tmp"),
+    ):
         (nex_env.root / folder).mkdir()  # codex refuses a CODEX_HOME that does not exist
         nex_env.env[var] = str(nex_env.root / folder)
     nex_env.env["ANTHROPIC_API_KEY"] = SENTINEL_KEY
