@@ -171,8 +171,11 @@ def memory(ctx: Context) -> list[Figure]:
     rss, turns = ctx.shared.get("autonomous_rss_mb", (None, 0))
     if rss is None:
         turns = ctx.settings.memory_turns
-        read = {"name": "read_file", "arguments": {"path": "notes.txt"}}
-        replies = [{"tool_calls": [read]} for _ in range(turns - 1)] + [{"content": "done"}]
+        # A different line each time: the same call repeated is a stuck loop nex ends (exit 3).
+        replies = [
+            {"tool_calls": [{"name": "read_file", "arguments": {"path": "notes.txt", "offset": i}}]}
+            for i in range(1, turns)
+        ] + [{"content": "done"}]
         (ctx.scratch / "notes.txt").write_text("alpha\nbeta\ngamma\n" * 20)
         with Stub({"replies": replies}, ctx.scratch) as stub:
             nex = run(

@@ -81,11 +81,12 @@ def _plan(url: str, window: int | None = None) -> Any:
     return plan_spawn(SpawnRequest(f"local:{MODEL}", url, None, window), Config(), environ={})
 
 
-def _run(plan: Any, work: Path, home: Path, **opts: Any) -> Any:
+def _run(plan: Any, work: Path, home: Path, max_turns: int | None = None, **opts: Any) -> Any:
     from nexpy.handler import HandlerOptions
     from nexpy.runtime import Run, RunOptions
 
-    return Run(plan, RunOptions(HandlerOptions(work, yes=True), home=home, **opts), sinks=[])
+    handler = HandlerOptions(work, yes=True, max_turns=max_turns)
+    return Run(plan, RunOptions(handler, home=home, **opts), sinks=[])
 
 
 async def nex_session(
@@ -93,17 +94,18 @@ async def nex_session(
 ) -> float:
     """Seconds nex's agent loop takes to answer `task` (session setup not included)."""
     from nexpy.errors import LimitReached
+    from nexpy.outcome import outcome_of
 
     run = _run(plan, work, home, **opts)
     start = time.perf_counter()
-    status = "completed"
+    outcome = outcome_of(None)
     try:
         await run.agent.send(task, on_text)
-    except LimitReached:
-        status = "limit"
+    except LimitReached as e:
+        outcome = outcome_of(e)
     finally:
         elapsed = time.perf_counter() - start
-        await run.end(status, "finished")
+        await run.end(outcome)
     return elapsed
 
 
