@@ -4,25 +4,32 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test test-unit lint install peers clean bench bench-quick conformance
+.PHONY: demo test test-unit lint install peers apt-tools clean bench bench-quick conformance
 
-# Real peers for the top test tier, pinned: a llama.cpp server (built from source by pip, ~6 min
-# once, then pip's wheel cache) and the real claude and codex CLIs from the npm registry,
-# installed into a git-ignored folder. claude-code 2.1.197 is the newest that runs on Node 20.
+# Real peers for the top test tier, pinned: llama.cpp from the llama-cpp-python 0.3.36 sdist and
+# the real claude and codex CLIs from the npm registry, in a git-ignored folder. claude-code
+# 2.1.197 is the newest that runs on Node 20.
+#
+# The sdist, unpacked, carries ~70 real chat templates (vendor/llama.cpp/models/templates, read
+# in place by the conformance tier, never copied into the repo) and the llama.cpp it binds. That
+# llama.cpp is built once, here, with CMake (Release, portable, shared libraries, no curl: it
+# only loads local files): the build gives the C++ `llama-server` (the llama.cpp rendering engine)
+# and the shared libraries llama-cpp-python's ctypes bindings load (LLAMA_CPP_LIB_PATH, set by
+# the tests), so the Python package installs with LLAMA_BUILD=OFF and compiles nothing. One
+# compile of llama.cpp instead of two; ccache (installed below) keeps it across fresh clones.
 PEERS        := .peers
-LLAMA_PKGS   := 'llama-cpp-python[server]==0.3.36' 'gguf==0.19.0'
-NPM_PKGS     := @openai/codex@0.169.0 @anthropic-ai/claude-code@2.1.197
-LLAMA_STAMP  := $(PEERS)/.llama-$(shell echo $(LLAMA_PKGS) | cksum | cut -d' ' -f1)
-NPM_STAMP    := $(PEERS)/.npm-$(shell echo $(NPM_PKGS) | cksum | cut -d' ' -f1)
-# The same llama-cpp-python sdist, unpacked: its vendored llama.cpp carries ~70 real chat
-# templates (models/templates/, read in place by the conformance tier, never copied into the
-# repo) and the C++ llama-server, built here once (Release, portable, server target only,
-# no curl: it only ever loads local files) as the llama.cpp rendering engine.
 SDIST_VER    := 0.3.36
 SDIST_DIR    := $(PEERS)/llama_cpp_python-$(SDIST_VER)
 LLAMA_CPP    := $(SDIST_DIR)/vendor/llama.cpp
-SERVER_BUILD := $(PEERS)/llama-server-build
-SERVER_STAMP := $(PEERS)/.llama-server-$(SDIST_VER)
+LLAMA_BUILD  := $(PEERS)/llama.cpp-build
+LLAMA_FLAGS  := -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=ON -DLLAMA_CURL=OFF \
+	-DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON
+BUILD_STAMP  := $(PEERS)/.llama.cpp-$(shell echo $(SDIST_VER) $(LLAMA_FLAGS) | cksum | cut -d' ' -f1)
+PY_PKGS      := gguf==0.19.0
+LLAMA_STAMP  := $(PEERS)/.llama-python-$(shell echo $(SDIST_VER) $(PY_PKGS) | cksum | cut -d' ' -f1)
+NPM_PKGS     := @openai/codex@0.169.0 @anthropic-ai/claude-code@2.1.197
+NPM_STAMP    := $(PEERS)/.npm-$(shell echo $(NPM_PKGS) | cksum | cut -d' ' -f1)
+APT_TOOLS    := tmux:tmux bwrap:bubblewrap ccache:ccache
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,17 +38,6 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-$(LLAMA_STAMP): $(STAMP)
-	@mkdir -p $(PEERS)
-	@echo "make: installing $(LLAMA_PKGS) (a source build: minutes the first time)" >&2
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -qq --disable-pip-version-check $(LLAMA_PKGS)
-	@touch $@
-
-$(NPM_STAMP):
-	@mkdir -p $(PEERS)
-	npm install --silent --no-audit --no-fund --prefix $(PEERS)/npm $(NPM_PKGS)
-	@touch $@
-
 $(SDIST_DIR)/.unpacked: | $(STAMP)
 	@mkdir -p $(PEERS)
 	$(BIN)/pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
@@ -49,15 +45,29 @@ $(SDIST_DIR)/.unpacked: | $(STAMP)
 	tar -xzf $(PEERS)/llama_cpp_python-$(SDIST_VER).tar.gz -C $(PEERS)
 	@touch $@
 
-$(SERVER_STAMP): $(SDIST_DIR)/.unpacked
-	@echo "make: building the C++ llama-server (minutes the first time)" >&2
-	cmake -S $(LLAMA_CPP) -B $(SERVER_BUILD) -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
-		-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-		-DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >/dev/null
-	cmake --build $(SERVER_BUILD) --target llama-server -j2 >/dev/null
+$(BUILD_STAMP): $(SDIST_DIR)/.unpacked | apt-tools
+	@echo "make: building llama.cpp $(SDIST_VER) (llama-server + shared libraries; minutes the first time)" >&2
+	cmake -S $(LLAMA_CPP) -B $(LLAMA_BUILD) $(LLAMA_FLAGS) >/dev/null
+	cmake --build $(LLAMA_BUILD) --target llama-server -j$$(nproc) >/dev/null
 	@touch $@
 
-peers: $(LLAMA_STAMP) $(NPM_STAMP) $(SDIST_DIR)/.unpacked
+$(LLAMA_STAMP): $(STAMP) $(SDIST_DIR)/.unpacked
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(BIN)/pip install -qq --disable-pip-version-check \
+		--no-cache-dir '$(SDIST_DIR)[server]' $(PY_PKGS)
+	@touch $@
+
+$(NPM_STAMP):
+	@mkdir -p $(PEERS)
+	npm install --silent --no-audit --no-fund --prefix $(PEERS)/npm $(NPM_PKGS)
+	@touch $@
+
+# Tools the tiers need from Debian: tmux (REPL tier), bubblewrap (bash sandbox), ccache.
+apt-tools:
+	@for pair in $(APT_TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then echo "make: installing$$missing with apt-get" >&2; \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+peers: $(BUILD_STAMP) $(LLAMA_STAMP) $(NPM_STAMP)
 
 # nex on the embedded stub model: a full autonomous run with tools, no server needed.
 demo: $(STAMP)
@@ -66,21 +76,15 @@ demo: $(STAMP)
 		"Write a small Python program, run it, and tell me what it printed."
 
 # Every tier: lint, types, unit, stub integration (sockets, subprocesses, tmux, the bwrap
-# sandbox), real peers.
-test: $(STAMP) peers
-	@command -v tmux >/dev/null || { echo "make test: installing tmux (REPL tier) with apt-get" >&2; \
-		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null; }
-	@command -v bwrap >/dev/null || { echo "make test: installing bubblewrap (bash sandbox tier) with apt-get" >&2; \
-		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
+# sandbox), real peers, and the chat-template conformance tier (README, "Chat templates").
+test: $(STAMP) peers apt-tools
 	$(BIN)/ruff check nexpy handlers stubs tests bench
 	$(BIN)/ruff format --check nexpy handlers stubs tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q -rs -p no:cacheprovider --ignore=tests/conformance
+	$(BIN)/pytest -q -rs -p no:cacheprovider
 
-# Every real chat template on both rendering engines (README, "Chat templates"). Not yet part of
-# `make test`: nex does not apply the adaptations itself yet (the tier's proxy does), and the
-# tier's time on a quiet machine is unmeasured; it joins `make test` when both are settled.
-conformance: $(STAMP) peers $(SERVER_STAMP)
+# The conformance tier alone: every real chat template on both rendering engines, and its table.
+conformance: $(STAMP) peers
 	$(BIN)/pytest -q -rs -p no:cacheprovider tests/conformance
 
 test-unit: $(STAMP)

@@ -103,3 +103,25 @@ def nex_env(tmp_path: Path) -> Iterator[NexEnv]:
         PYTHONUNBUFFERED="1",
     )
     yield NexEnv(tmp_path, work, home, env)
+
+
+# -- the conformance tier's table, across xdist workers (tests/conformance/table.py) ----------
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests.conformance import table
+
+    table.export(session.config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    from tests.conformance import table
+
+    table.receive(getattr(node, "workeroutput", {}))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.conformance import table
+
+    table.report(terminalreporter)

@@ -1,16 +1,15 @@
 """The scripting proxy between nex and a real rendering engine.
 
 A tiny model's output is noise, so a real engine cannot play a scripted session. The proxy
-splits the two jobs: every chat request nex sends is forwarded to the real engine (the
-template-mode stub, or the C++ llama-server) with ``max_tokens: 1``, so the engine renders the
-real history with the real template and accepts or refuses it; an accepted request is answered
-with the next scripted reply, a refusal is passed back to nex verbatim.
+splits the two jobs: every chat request nex sends is forwarded, exactly as nex sent it, to the
+real engine (the template-mode stub, or the C++ llama-server) with ``max_tokens: 1``, so the
+engine renders the real history with the real template and accepts or refuses it. An accepted
+request is answered with the next scripted reply; a refusal goes back to nex verbatim, and nex
+itself must learn the adaptation (``nexpy.adapt``, through the request path) and send the request
+again. What nex learned is read from its journal, not from here.
 
-Between the two sits ``nexpy.adapt``: a refusal that a rule answers is learned, and that request
-and every later one are forwarded through the learned rules. This stands in for the request
-path's own learning, which lands after the architecture refactor (issue 10); the table reports
-which rules each template needed. Once ``tools-in-prompt`` is learned, the engine gets no tool
-fields, so scripted tool calls are answered as Hermes ``<tool_call>`` text, which nex must
+A request without ``tools`` (nex has learned ``tools-in-prompt``: the tools are described in the
+system prompt) gets its scripted tool calls as Hermes ``<tool_call>`` text, which nex must
 recover with its text extractor.
 """
 
@@ -23,26 +22,23 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from nexpy import adapt
 from stubs.oai import StubServer
-from stubs.script import Script
 
 
 class _TextCalls:
-    """The script, with tool calls turned into Hermes text while ``textual()`` says so."""
+    """The script, with tool calls written as Hermes text when the request had no tools."""
 
-    def __init__(self, script: Script, proxy: AdaptingProxy) -> None:
+    def __init__(self, script: Any) -> None:
         self._script = script
-        self._proxy = proxy
         self.model = script.model
+        self.textual = False  # set per request by the proxy
 
     def next(self) -> dict[str, Any]:
         reply = dict(self._script.next())
-        calls = reply.pop("tool_calls", None)
-        if not calls:
-            return reply if calls is None else {**reply, "tool_calls": calls}
-        if "tools-in-prompt" not in self._proxy.learned:
-            return {**reply, "tool_calls": calls}
+        calls = reply.get("tool_calls")
+        if not calls or not self.textual:
+            return reply
+        del reply["tool_calls"]
         text = [reply.get("content") or ""]
         for call in calls:
             payload = {"name": call["name"], "arguments": call.get("arguments", {})}
@@ -50,17 +46,22 @@ class _TextCalls:
         return {**reply, "content": "\n".join(t for t in text if t)}
 
 
-class AdaptingProxy(StubServer):
+class ScriptingProxy(StubServer):
     """A scripted OpenAI server that lets a real engine accept or refuse each request first."""
 
     def __init__(self, script: Any, upstream: str, **kw: Any) -> None:
         super().__init__(script, **kw)
         self.upstream = upstream.rstrip("/")
-        self.script = _TextCalls(self.script, self)  # type: ignore[assignment]
-        self.learned: list[str] = []
+        self.calls = _TextCalls(self.script)
+        self.script = self.calls  # type: ignore[assignment]
         self.refusals: list[str] = []  # every refusal the engine sent, in order
-        self.accepted: list[dict[str, Any]] = []  # each request as the engine accepted it
+        self.accepted: list[dict[str, Any]] = []  # each request the engine accepted
+        self.marks: list[int] = []  # len(refusals) at each mark(): refusals per nex run
         self._client: httpx.AsyncClient | None = None
+
+    def mark(self) -> None:
+        """Start counting the next run's refusals."""
+        self.marks.append(len(self.refusals))
 
     async def _engine(self, body: Mapping[str, Any]) -> tuple[int, bytes]:
         """The engine's status and body for `body`, rendered and cut to one token."""
@@ -73,18 +74,13 @@ class AdaptingProxy(StubServer):
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = json.loads(await request.read())  # aiohttp keeps it for the scripted answer
-        while True:
-            adapted = adapt.apply(self.learned, body)
-            status, raw = await self._engine(adapted)
-            if status < 400:
-                self.accepted.append(adapted)
-                return await super()._chat(request)
-            message = error_message(raw)
-            self.refusals.append(message)
-            rule = adapt.learn(message, self.learned)
-            if rule is None:  # nothing answers it: nex gets the engine's refusal as it was
-                return web.Response(status=status, body=raw, content_type="application/json")
-            self.learned.append(rule.name)
+        status, raw = await self._engine(body)
+        if status >= 400:
+            self.refusals.append(error_message(raw))
+            return web.Response(status=status, body=raw, content_type="application/json")
+        self.accepted.append(body)
+        self.calls.textual = not body.get("tools")
+        return await super()._chat(request)
 
     async def _astop(self) -> None:
         if self._client is not None:

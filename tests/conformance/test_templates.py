@@ -4,7 +4,8 @@ Engines: ``transformers`` is the stub's template mode (stubs/template.py: what v
 llama-cpp-python render); ``llama.cpp`` is the C++ ``llama-server --jinja`` built by
 ``make peers``, on a tiny GGUF carrying the template. nex talks to a scripting proxy
 (tests/conformance/proxy.py) that lets the engine accept or refuse each real request before
-answering it with the script, learning ``nexpy.adapt`` rules from the refusals.
+answering it with the script; a refusal reaches nex verbatim, and nex learns the adaptation
+(``nexpy.adapt``) itself, journals it and caches it for the endpoint.
 
 Per template and engine, two scenarios:
 
@@ -18,7 +19,9 @@ here (the subprocess paths have their own tiers) and would cost seconds per run,
 The kill is the exception: it needs a process to kill. A row is ``pass`` when the engine refused
 nothing, ``adapted`` when the learned rules made it accept everything, ``fail`` otherwise;
 ``unrenderable`` (xfail) when the engine refuses even a lone user message, i.e. the template
-cannot be rendered by that engine at all. The table prints at the end of the run.
+cannot be rendered by that engine at all. Every refusal must have taught nex a rule it had not
+learned before: a rule learned twice means the per-endpoint cache did not hold across runs. The
+table prints at the end of the run.
 """
 
 from __future__ import annotations
@@ -38,12 +41,14 @@ from nexpy import cli
 from nexpy.messages import INTERRUPTED
 from stubs.oai import stub_server
 from stubs.template import TemplateRenderer
-from tests.conformance.conftest import INCOMPATIBLE, row
-from tests.conformance.proxy import AdaptingProxy, error_message
+from tests.conformance.conftest import INCOMPATIBLE
+from tests.conformance.proxy import ScriptingProxy, error_message
+from tests.conformance.table import row
 from tests.conftest import NexEnv
 from tests.peers.llama_server import LlamaServerPool, ServerFailed, real_templates
 
-pytestmark = [pytest.mark.peer, pytest.mark.timeout(240)]
+# One xdist group: one worker runs the tier in order, one llama-server per template at a time.
+pytestmark = [pytest.mark.peer, pytest.mark.timeout(240), pytest.mark.xdist_group("conformance")]
 
 TEMPLATES = real_templates()
 ENGINES = ("transformers", "llama.cpp")
@@ -214,25 +219,40 @@ def _run(
         _mark(template, engine, "unrenderable", [], [blocked])
         pytest.xfail(f"{engine} cannot render {template.name} at all: {blocked}")
     script = SESSION_SCRIPT if scenario == "session" else [{"content": "resumed answer"}]
-    with AdaptingProxy(script, url) as proxy:
+    chat = "conf" if scenario == "session" else "killed"
+    with ScriptingProxy(script, url) as proxy:
         try:
             if scenario == "session":
                 _session(proxy, nex)
             else:
                 _resume(proxy, nex, killed)
+            learned = _learned(nex, chat)
+            assert len(learned) == len(set(learned)), f"a rule was learned twice: {learned}"
+            assert len(proxy.refusals) == len(learned), (
+                f"{len(proxy.refusals)} refusals taught {learned}: {proxy.refusals}"
+            )
         except AssertionError:
+            learned = _learned(nex, chat)
             if engine == "transformers" and template.stem in INCOMPATIBLE:
-                _mark(template, engine, "incompatible", proxy.learned, proxy.refusals)
+                _mark(template, engine, "incompatible", learned, proxy.refusals)
                 pytest.xfail(f"{INCOMPATIBLE[template.stem]}: {proxy.refusals[:1]}")
-            _mark(template, engine, "fail", proxy.learned, proxy.refusals)
+            _mark(template, engine, "fail", learned, proxy.refusals)
             raise
         if engine == "transformers" and template.stem in INCOMPATIBLE:
             pytest.fail(f"{template.stem} passes now: drop it from INCOMPATIBLE")
-        outcome = "adapted" if proxy.learned else "pass"
-        _mark(template, engine, outcome, proxy.learned, proxy.refusals)
+        _mark(template, engine, "adapted" if learned else "pass", learned, proxy.refusals)
 
 
-def _session(proxy: AdaptingProxy, nex: InProcessNex) -> None:
+def _learned(nex: InProcessNex, chat: str) -> list[str]:
+    """The adaptations nex journaled in this chat, in order (a rule twice if learned twice)."""
+    journal = nex.env.home / "sessions" / chat / "journal.jsonl"
+    if not journal.exists():
+        return []
+    entries = (json.loads(line) for line in journal.read_text().splitlines() if line.strip())
+    return [e["rule"] for e in entries if e.get("kind") == "adaptation"]
+
+
+def _session(proxy: ScriptingProxy, nex: InProcessNex) -> None:
     (nex.env.work / "notes.txt").write_text("old line\n")
     answers = ("first answer", "second answer", "third answer")
     for message, answer in zip(MESSAGES, answers, strict=True):
@@ -247,7 +267,7 @@ def _session(proxy: AdaptingProxy, nex: InProcessNex) -> None:
         assert text in last, f"{text!r} is missing from what the engine rendered"
 
 
-def _resume(proxy: AdaptingProxy, nex: InProcessNex, killed: Path) -> None:
+def _resume(proxy: ScriptingProxy, nex: InProcessNex, killed: Path) -> None:
     shutil.copytree(killed, nex.env.home / "sessions" / "killed")
     code, events, err = nex.run(proxy.url, "killed", "carry on")
     assert code == 0, f"exit {code}: {err[-600:]}"

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SDIST = ROOT / ".peers" / "llama_cpp_python-0.3.36"
 TEMPLATES = SDIST / "vendor" / "llama.cpp" / "models" / "templates"
-SERVER_BIN = ROOT / ".peers" / "llama-server-build" / "bin" / "llama-server"
+# One CMake build of the sdist's vendored llama.cpp (make peers): the C++ llama-server and the
+# shared libraries llama-cpp-python loads, side by side.
+LIB_DIR = ROOT / ".peers" / "llama.cpp-build" / "bin"
+SERVER_BIN = LIB_DIR / "llama-server"
 STARTUP = 60.0  # seconds for a server to load the tiny model and answer /health
 
 
@@ -42,44 +46,38 @@ class ServerFailed(RuntimeError):
     """The server exited or never became healthy; the message carries its log's tail."""
 
 
-class LlamaCppServer:
-    """`llama-server --jinja -m MODEL` in a process group of its own, logging to a file."""
+class ServerProcess:
+    """A model server in a process group of its own, logging to a file, healthy once `health`
+    (a path under `base_url`) answers 200 within `startup` seconds."""
 
-    def __init__(self, model: Path, log: Path, n_ctx: int = 16384) -> None:
-        self.port = _free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+    name = "server"
+    health = "/health"
+
+    def __init__(self, argv: list[str], port: int, log: Path, startup: float) -> None:
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
         self.url = self.base_url + "/v1"
         self.log = log
-        argv = [
-            str(SERVER_BIN), "-m", str(model), "--jinja", "-c", str(n_ctx), "-np", "1",
-            "-t", "1", "--host", "127.0.0.1", "--port", str(self.port), "--no-webui",
-        ]  # fmt: skip
+        env = {**os.environ, "LLAMA_CPP_LIB_PATH": str(LIB_DIR)}
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
-        self._wait()
+        self._wait(startup)
 
-    def _wait(self) -> None:
-        deadline = time.monotonic() + STARTUP
+    def _wait(self, startup: float) -> None:
+        deadline = time.monotonic() + startup
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServerFailed(
-                    f"llama-server exited with {self.proc.returncode}: {self.tail()}"
-                )
+                raise ServerFailed(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
             try:
-                with urllib.request.urlopen(self.base_url + "/health", timeout=2) as response:
+                with urllib.request.urlopen(self.base_url + self.health, timeout=2) as response:
                     if response.status == 200:
                         return
             except (OSError, urllib.error.HTTPError):
                 time.sleep(0.1)
         self.stop()
-        raise ServerFailed(f"llama-server did not answer within {STARTUP:g} s: {self.tail()}")
-
-    def props(self) -> dict:
-        """GET /props: what the server learned about the model and its template."""
-        with urllib.request.urlopen(self.base_url + "/props", timeout=10) as response:
-            return dict(json.loads(response.read()))
+        raise ServerFailed(f"{self.name} did not answer within {startup:g} s: {self.tail()}")
 
     def tail(self, lines: int = 20) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -92,6 +90,42 @@ class LlamaCppServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+
+
+class LlamaCppServer(ServerProcess):
+    """`llama-server --jinja -m MODEL`, one slot, one thread."""
+
+    name = "llama-server"
+
+    def __init__(self, model: Path, log: Path, n_ctx: int = 16384) -> None:
+        port = _free_port()
+        argv = [
+            str(SERVER_BIN), "-m", str(model), "--jinja", "-c", str(n_ctx), "-np", "1",
+            "-t", "1", "--host", "127.0.0.1", "--port", str(port), "--no-webui",
+        ]  # fmt: skip
+        super().__init__(argv, port, log, STARTUP)
+
+    def props(self) -> dict:
+        """GET /props: what the server learned about the model and its template."""
+        with urllib.request.urlopen(self.base_url + "/props", timeout=10) as response:
+            return dict(json.loads(response.read()))
+
+
+class LlamaCppPythonServer(ServerProcess):
+    """llama-cpp-python's `python -m llama_cpp.server`, on the shared libraries of the same
+    llama.cpp build (LLAMA_CPP_LIB_PATH)."""
+
+    name = "llama_cpp.server"
+    health = "/v1/models"
+
+    def __init__(self, model: Path, n_ctx: int, log: Path) -> None:
+        port = _free_port()
+        self.n_ctx = n_ctx
+        argv = [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+            "--n_ctx", str(n_ctx), "--host", "127.0.0.1", "--port", str(port),
+        ]  # fmt: skip
+        super().__init__(argv, port, log, 90.0)
 
 
 class LlamaServerPool:

@@ -11,23 +11,17 @@ may be reset.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
+import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import NexEnv, Result
+from tests.peers.llama_server import LIB_DIR, ServerFailed
+from tests.peers.llama_server import LlamaCppPythonServer as LlamaServer
 
 pytestmark = [pytest.mark.peer, pytest.mark.timeout(300)]
-
-STARTUP = 90.0  # seconds for a server to load its model and answer /v1/models
 
 
 @pytest.fixture(scope="session")
@@ -35,11 +29,12 @@ def gguf_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The two test models, written once per session."""
     try:
         import gguf  # noqa: F401
-        import llama_cpp  # noqa: F401
     except ImportError as e:
-        pytest.fail(
-            f"the real llama.cpp tier needs llama-cpp-python and gguf ({e}): run make peers"
-        )
+        pytest.fail(f"the real llama.cpp tier needs gguf ({e}): run make peers")
+    # Not imported here: its ctypes bindings load the shared libraries only the server's
+    # environment points at (LLAMA_CPP_LIB_PATH).
+    if importlib.util.find_spec("llama_cpp") is None or not LIB_DIR.is_dir():
+        pytest.fail("the llama.cpp tier needs llama-cpp-python and its llama.cpp build: make peers")
     from tests.peers.gguf_model import (
         OK_CHAIN,
         STRICT_TEMPLATE,
@@ -55,64 +50,16 @@ def gguf_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class LlamaServer:
-    """`python -m llama_cpp.server` in a process group of its own, logging to a file."""
-
-    def __init__(self, model: Path, n_ctx: int, log: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.n_ctx = n_ctx
-        self.log = log
-        argv = [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(model),
-            "--n_ctx", str(n_ctx), "--host", "127.0.0.1", "--port", str(self.port),
-        ]  # fmt: skip
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self._wait()
-
-    def _wait(self) -> None:
-        deadline = time.monotonic() + STARTUP
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/models", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        pytest.fail(f"llama_cpp.server did not answer within {STARTUP:g} s:\n{self.tail()}")
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-
 def _server(name: str, n_ctx: int) -> Callable[..., Iterator[LlamaServer]]:
     @pytest.fixture(scope="session")
     def fixture(
         gguf_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
     ) -> Iterator[LlamaServer]:
         log = tmp_path_factory.mktemp("llama") / f"{name}-{n_ctx}.log"
-        server = LlamaServer(gguf_models[name], n_ctx, log)
+        try:
+            server = LlamaServer(gguf_models[name], n_ctx, log)
+        except ServerFailed as e:
+            pytest.fail(str(e))
         yield server
         server.stop()
 
