@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nexpy import adapt, instructions
+from nexpy.approval import declined
 from nexpy.budget import DEFAULT_WINDOW, Budget
 from nexpy.context import Context
 from nexpy.demo import DemoModel
@@ -263,8 +264,10 @@ class Agent:
             return ToolResult(False, f"error: unknown tool {name!r}; available tools: {known}"), 0.0
         if tool.mutating and self.confirm is not None:
             diff = await asyncio.to_thread(preview, name, args, self.ctx)
-            if not await self.confirm(name, args, diff):
-                return ToolResult(False, "error: the user declined this tool call"), 0.0
+            verdict = await self.confirm(name, args, diff)
+            if verdict is not True:  # False, or the reason the person gave for no
+                reason = verdict if isinstance(verdict, str) else ""
+                return ToolResult(False, declined(reason)), 0.0
         if not tool.mutating:
             return await execute(tool, args, self.ctx, call["id"]), time.monotonic() - start
         # The pre-image first (journaled and fsynced), so even a kill -9 mid-call is undoable.

@@ -72,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--network", action="store_true", default=None, help="open the network in the sandbox"
     )
-    p.add_argument("--yes", action="store_true", help="do not ask before mutating tools")
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="do not ask before mutating tools (approval mode yolo, over the config's)",
+    )
     p.add_argument(
         "--no-project-doc",
         action="store_true",
@@ -231,16 +235,19 @@ def _dispatch(argv: list[str]) -> int:
 
         start_background_import()  # the prompt never waits for litellm
 
+    from nexpy.approval import Mode
     from nexpy.handler import HandlerOptions
     from nexpy.runtime import RunOptions
 
+    # --yes is the yolo mode, whatever the config says; only the REPL ever asks.
+    approval: Mode = "yolo" if args.yes else config.approval or "ask"
     opts = RunOptions(
         HandlerOptions(
             workdir=workdir,
             max_turns=args.max_turns,
             max_time=args.max_time,
             read_only=args.read_only,
-            yes=args.yes,
+            yes=approval == "yolo",
             system_prompt=_system_prompt(args.system_prompt),
             project_doc=not args.no_project_doc,
             project_doc_max_tokens=config.project_doc_max_tokens,
@@ -250,6 +257,7 @@ def _dispatch(argv: list[str]) -> int:
         json=args.json,
         verbose=args.verbose,
         notify_after=config.notify,
+        approval=approval,
     )
     if autonomous:
         message = args.message if args.message is not None else _stdin_message()

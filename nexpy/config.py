@@ -5,6 +5,7 @@
     context_window = 32768
     sandbox = "workspace-write"        # bash's sandbox: read-only, workspace-write or off
     network = false                    # open the network inside the sandbox
+    approval = "ask"                   # REPL approvals: ask, auto-edit or yolo (nexpy.approval)
     project_doc_max_tokens = 4096      # cap on AGENTS.md / CLAUDE.md text (nexpy.instructions)
 
     [endpoints.box]
@@ -34,6 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from nexpy.approval import Mode
 from nexpy.errors import ConfigError
 
 LOCAL_CONFIG = Path(".nex") / "config.toml"
@@ -77,6 +79,7 @@ class FileConfig(BaseModel):
     context_window: int | None = Field(default=None, gt=0)
     sandbox: str | None = None  # checked against the modes in nexpy.sandbox.choose
     network: bool | None = None
+    approval: Mode | None = None
     project_doc_max_tokens: int | None = Field(default=None, gt=0)
     notify: float | None = Field(default=None, ge=0)
     endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
@@ -92,6 +95,7 @@ class Config:
     context_window: int | None = None
     sandbox: str | None = None
     network: bool | None = None
+    approval: Mode | None = None  # which mutating tools the REPL asks about (nexpy.approval)
     project_doc_max_tokens: int | None = None
     notify: float | None = None  # seconds: a longer REPL answer rings the terminal (nexpy.notify)
     endpoints: dict[str, EndpointConfig] = field(default_factory=dict)
@@ -149,6 +153,7 @@ def load_config(cwd: Path, *, global_path: Path | None = None) -> Config:
             "context_window",
             "sandbox",
             "network",
+            "approval",
             "project_doc_max_tokens",
             "notify",
         ):

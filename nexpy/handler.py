@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from nexpy.session import Session
 
 TextCallback = Callable[[str], None]
-# (tool name, arguments, the diff it would make or "") -> whether to run it
-Confirm = Callable[[str, dict[str, Any], str], Awaitable[bool]]
+# (tool name, arguments, the diff it would make or "") -> True to run it; False, or the reason
+# the person gave, to decline (nexpy.approval)
+Confirm = Callable[[str, dict[str, Any], str], Awaitable[bool | str]]
 
 
 @dataclass

@@ -12,6 +12,8 @@ keeps reading while an answer streams, printed above it. A message submitted the
 shown in the status line, and sent when the turn ends.
 
 Lines starting with `/` are commands and never reach the model; `//text` sends `/text`.
+`!cmd` runs a shell command here and shows its output; `!!cmd` also hands the output to the
+model with the next message. `@path` includes a work-dir file in a message (nexpy.mentions).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, TextIO
 
 from prompt_toolkit import PromptSession
@@ -45,9 +46,11 @@ from prompt_toolkit.styles import Style
 from prompt_toolkit.utils import get_cwidth
 
 from nexpy import __version__
+from nexpy.approval import Approvals, parse_answer
 from nexpy.errors import LimitReached, NexError, UsageError
 from nexpy.events import Event, ProgressSink, describe_call
 from nexpy.handler import ContextControl
+from nexpy.mentions import PathCompleter, include_files
 from nexpy.notify import answer_ready
 from nexpy.outcome import outcome_of
 from nexpy.plan import SpawnPlan
@@ -94,8 +97,10 @@ def parse_input(text: str) -> Command | str | None:
         return None
     if stripped.startswith("//"):
         return stripped[1:]
-    if stripped.startswith("!") and stripped[1:].strip():
-        return Command("!", stripped[1:].strip())  # a shell command run here, never sent
+    if stripped.startswith("!") and stripped.lstrip("!").strip():
+        # A shell command run here: `!cmd` never sent, `!!cmd` its output with the next message.
+        bang = "!!" if stripped.startswith("!!") else "!"
+        return Command(bang, stripped[len(bang) :].strip())
     if stripped.startswith("/"):
         parts = stripped[1:].split(maxsplit=1)
         if not parts:
@@ -103,30 +108,6 @@ def parse_input(text: str) -> Command | str | None:
         return Command(parts[0], parts[1].strip() if len(parts) > 1 else "")
     # Keep the indentation of a pasted first line; only blank edges go.
     return text.strip("\n").rstrip()
-
-
-_AT_PATH = re.compile(r"(?<!\S)@([\w.~/+-]+[\w/+-])")
-MAX_INCLUDE_BYTES = 100_000
-
-
-def include_files(text: str, workdir: Path) -> str:
-    """`@path` names a file of the work dir: its text is appended to the message, once per file.
-    A name that is not such a file is left alone (an e-mail address, a decorator)."""
-    from nexpy.tools.paths import display, resolve
-
-    added: list[str] = []
-    seen: set[Path] = set()
-    for match in _AT_PATH.finditer(text):
-        try:
-            path = resolve(workdir, match.group(1), must_exist=True)
-        except Exception:
-            continue
-        if path in seen or not path.is_file() or path.stat().st_size > MAX_INCLUDE_BYTES:
-            continue
-        seen.add(path)
-        body = path.read_text(encoding="utf-8", errors="replace")
-        added.append(f"[file {display(workdir, path)}]\n```\n{body.rstrip()}\n```")
-    return "\n\n".join([text, *added]) if added else text
 
 
 def has_markdown(text: str) -> bool:
@@ -404,6 +385,9 @@ class Repl:
         self._work: asyncio.Task[None] | None = None
         self._queue: list[str] = []
         self._leaving = False
+        # The approval mode and the "always" answers, kept until the REPL ends.
+        self.approvals = Approvals(opts.approval)
+        self._shared: list[str] = []  # `!!cmd` outputs waiting for the next message
         busy = Condition(lambda: self._work is not None)
         self.prompt = PromptSession[str](
             history=self._history(),
@@ -411,6 +395,7 @@ class Repl:
             key_bindings=_key_bindings(busy, self.enqueue, self.cancel),
             prompt_continuation=lambda width, line, wrap: " " * width,
             bottom_toolbar=self.toolbar,
+            completer=PathCompleter(opts.handler.workdir),
             style=Style.from_dict(
                 {"prompt": "bold", "bottom-toolbar.queued": "noreverse dim italic"}
             ),
@@ -557,7 +542,7 @@ class Repl:
 
     async def send(self, text: str) -> None:
         """Send one message and show the answer; every failure ends here, the REPL goes on."""
-        text = include_files(text, self.opts.handler.workdir.resolve())
+        text = self.compose(text)
         self.terminal.begin_answer()
         started = time.monotonic()
         task = asyncio.ensure_future(self.run.agent.send(text, self.terminal.text))
@@ -589,13 +574,18 @@ class Repl:
         self.terminal.finish_answer(answer)
         answer_ready(sys.stdout, time.monotonic() - started, self.opts.notify_after)
 
-    async def confirm(self, name: str, args: dict[str, Any], diff: str = "") -> bool:
-        """Ask before a mutating tool runs (not used with --yes), showing the diff it would
-        make first. Ctrl-C cancels the answer.
+    async def confirm(self, name: str, args: dict[str, Any], diff: str = "") -> bool | str:
+        """Ask before a mutating tool runs, unless the approval mode or an earlier "always"
+        answer allows it (nexpy.approval). The diff it would make is shown first (colored on a
+        terminal). True runs it; False or the person's reason declines. Ctrl-C cancels the
+        answer.
 
         Keys typed before the question is drawn belong to the next message, never to the
         answer: they are taken before asking and given back to the main prompt afterwards.
         """
+        if self.approvals.allows(name, args):
+            return True
+        prefix = self.approvals.prefix_for(name, args)
         self.terminal.break_line()
         if self._confirm_prompt is None:
             self._confirm_prompt = PromptSession[str](input=self.stdin)
@@ -605,9 +595,15 @@ class Repl:
                 held = read_waiting_keys(self.stdin)
                 if diff:
                     print(colored(diff) if sys.stdout.isatty() else diff, flush=True)
-                reply = await self._confirm_prompt.prompt_async(
-                    f"run {describe_call(name, args)}? [y/N] "
-                )
+                print(approval_choices(name, prefix), flush=True)
+                keys = "[y/N/a/p]" if prefix else "[y/N/a]"
+                question = f"run {describe_call(name, args)}? {keys} "
+                while True:
+                    reply = await self._confirm_prompt.prompt_async(question)
+                    answer = parse_answer(reply, prefix_offered=prefix is not None)
+                    if answer is not None:
+                        break
+                    print(f"answer {keys[1:-1].replace('/', ', ')} (or n REASON)", flush=True)
         except EOFError:
             return False
         except KeyboardInterrupt:
@@ -616,7 +612,13 @@ class Repl:
         finally:
             self._install_sigint()
             self._give_back(held + get_typeahead(self.stdin))
-        return reply.strip().lower() in ("y", "yes")
+        if answer.choice == "tool":
+            self.approvals.always_tool(name)
+        elif answer.choice == "prefix" and prefix is not None:
+            self.approvals.always_prefix(prefix)
+        elif answer.choice == "no":
+            return answer.reason or False
+        return True
 
     def _give_back(self, keys: list[KeyPress]) -> None:
         """Hand keys to the main prompt, as if it had read them itself."""
@@ -646,9 +648,11 @@ class Repl:
                 "",
                 f"{busy} {self.plan.spec} │ context {_context(agent.context_used, agent.window)} "
                 f"│ tokens in {totals.input_tokens:,} out {totals.output_tokens:,} │ "
-                f"sandbox {self.plan.sandbox.mode} │ /help",
+                f"sandbox {self.plan.sandbox.mode} │ approval {self.approvals.mode} │ /help",
             )
         ]
+        if self._shared:
+            line.append(("", f"\n {len(self._shared)} !! output(s) go with your next message"))
         for text in self._queue:
             first = text.strip().split("\n", 1)[0]
             line.append(("class:bottom-toolbar.queued", f"\n queued › {first}"))
@@ -656,8 +660,8 @@ class Repl:
 
     async def command(self, cmd: Command) -> bool:
         """Run a slash command; True means quit."""
-        if cmd.name == "!":
-            await self.shell(cmd.arg)
+        if cmd.name in ("!", "!!"):
+            await self.shell(cmd.arg, share=cmd.name == "!!")
             return False
         handler = COMMANDS.get(cmd.name.lower())
         if handler is None:
@@ -671,9 +675,10 @@ class Repl:
             self.terminal.note(f"error: {e}")
         return False
 
-    async def shell(self, command: str) -> None:
+    async def shell(self, command: str, *, share: bool = False) -> None:
         """`!cmd`: run a shell command in the work dir and show its output; the model never
-        sees it (it is the person's own look around)."""
+        sees it (it is the person's own look around). `!!cmd` (`share`) also keeps the output
+        to go to the model with the next message, as claude's `!` and aider's /run do."""
         proc = await asyncio.create_subprocess_shell(
             command,
             cwd=self.opts.handler.workdir,
@@ -692,7 +697,23 @@ class Repl:
         lines = out.decode("utf-8", "replace").rstrip("\n").splitlines()
         if len(lines) > SHELL_LINES:
             lines = [*lines[:SHELL_LINES], f"[... {len(lines) - SHELL_LINES} more lines]"]
-        self.terminal.say("\n".join([*lines, f"[exit {proc.returncode}; not sent to the model]"]))
+        if share:
+            self._shared.append(shared_output(command, proc.returncode, lines))
+            where = "goes to the model with your next message"
+        else:
+            where = "not sent to the model; !!cmd sends it"
+        self.terminal.say("\n".join([*lines, f"[exit {proc.returncode}; {where}]"]))
+
+    def compose(self, text: str) -> str:
+        """The message as the model gets it: `!!cmd` outputs first, then the typed text with the
+        `@path` files it names (a note for each left out)."""
+        included = include_files(text, self.opts.handler.workdir)
+        for note in included.notes:
+            self.terminal.note(note)
+        if included.files:
+            self.terminal.note("included " + ", ".join(included.files))
+        shared, self._shared = self._shared, []
+        return "\n\n".join([*shared, included.text])
 
     # -- commands -----------------------------------------------------------------------------
     async def cmd_help(self, arg: str) -> bool:
@@ -839,7 +860,28 @@ class Repl:
 
 
 SHELL_TIMEOUT = 120.0  # seconds a `!cmd` may run
-SHELL_LINES = 200  # lines of its output shown
+SHELL_LINES = 200  # lines of its output shown (and sent, with !!cmd)
+SHELL_SHARED_CHARS = 20_000  # characters of a `!!cmd` output sent to the model
+
+
+def shared_output(command: str, code: int | None, lines: list[str]) -> str:
+    """A `!!cmd` output as the model reads it, capped."""
+    body = "\n".join(lines)
+    if len(body) > SHELL_SHARED_CHARS:
+        body = body[:SHELL_SHARED_CHARS] + f"\n[... cut at {SHELL_SHARED_CHARS:,} characters]"
+    return f"[I ran `{command}` (exit {code}); its output:]\n```\n{body}\n```"
+
+
+def approval_choices(name: str, prefix: str | None) -> str:
+    """The line under an approval question that says what each answer does."""
+    parts = [
+        "y yes",
+        "n no (n REASON tells the model why)",
+        f"a always {name} in this session",
+    ]
+    if prefix is not None:
+        parts.append(f"p always `{prefix} …` commands in this session")
+    return "  " + " · ".join(parts)
 
 
 # name -> (handler, usage, what it does); /help prints them in this order.

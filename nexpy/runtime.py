@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nexpy import instructions
+from nexpy.approval import Mode
 from nexpy.config import global_config_path
 from nexpy.credentials import hold_run_keys, redact
 from nexpy.errors import EXIT_INTERRUPTED, LimitReached, NexError
@@ -42,6 +43,7 @@ class RunOptions:
     verbose: bool = False
     home: Path | None = None
     notify_after: float | None = None  # config `notify`: the REPL rings after this many seconds
+    approval: Mode = "ask"  # config `approval`, or yolo with --yes (nexpy.approval)
 
 
 def open_session(opts: RunOptions) -> Session:

@@ -160,6 +160,12 @@ def test_bad_input_malformed_config(nex_env: NexEnv) -> None:
     _one_error_line(nex_env.run("--autonomous", "hi"), 2, "not valid TOML")
 
 
+def test_bad_input_unknown_approval_mode(nex_env: NexEnv) -> None:
+    nex_env.write_config('approval = "sometimes"', local=True)
+    result = nex_env.run("--autonomous", "hi")
+    _one_error_line(result, 2, "approval: Input should be 'ask', 'auto-edit' or 'yolo'")
+
+
 def test_bad_input_endpoint_neither_url_nor_name(nex_env: NexEnv) -> None:
     result = nex_env.run("-m", "local:x", "-e", "mybox", "--autonomous", "hi")
     _one_error_line(result, 2, "neither a URL nor a configured endpoint")

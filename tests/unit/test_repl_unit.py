@@ -304,15 +304,14 @@ def test_bang_is_a_local_shell_command_never_a_message() -> None:
     assert parse_input("!ls -la") == Command("!", "ls -la")
     assert parse_input("  ! git status ") == Command("!", "git status")
     assert parse_input("!") == "!"  # nothing to run: an ordinary message
+    assert parse_input("!!git diff") == Command("!!", "git diff")  # run, then share the output
+    assert parse_input("!!") == "!!"
 
 
-def test_at_path_appends_the_files_of_the_work_dir(tmp_path: Path) -> None:
-    from nexpy.repl import include_files
+def test_a_shared_shell_output_is_capped_for_the_model() -> None:
+    from nexpy.repl import SHELL_SHARED_CHARS, shared_output
 
-    (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "a.py").write_text("print('a')\n")
-    text = include_files("look at @src/a.py and @src/a.py, mail me@example.com", tmp_path)
-    assert text.count("[file src/a.py]\n```\nprint('a')\n```") == 1
-    assert text.startswith("look at @src/a.py")
-    assert include_files("no @missing.txt here", tmp_path) == "no @missing.txt here"
-    assert include_files("outside @../etc/passwd", tmp_path) == "outside @../etc/passwd"
+    text = shared_output("cat big", 0, ["y" * (SHELL_SHARED_CHARS + 50)])
+    assert text.startswith("[I ran `cat big` (exit 0); its output:]\n```\n")
+    assert text.count("y") == SHELL_SHARED_CHARS
+    assert f"[... cut at {SHELL_SHARED_CHARS:,} characters]" in text
