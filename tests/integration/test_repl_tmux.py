@@ -426,7 +426,7 @@ def test_the_approval_question_ignores_keys_typed_before_it_was_drawn(
         pane = repl(srv, ask=True)
         pane.send("do it")
         pane.send("y")  # typed before the question: the next message, not its answer
-        pane.wait("[y/N]", "the approval question")
+        pane.wait("[y/N/a]", "the approval question")
         time.sleep(1.0)
         assert not (nex_env.work / "ran.txt").exists()
         assert len(srv.requests) == 1  # the question still waits for its answer
@@ -446,10 +446,16 @@ def test_an_edit_shows_its_diff_before_the_approval_question(repl, nex_env: NexE
     with stub_server(script, strict=True) as srv:
         pane = repl(srv, ask=True)
         pane.send("shout the second line")
-        screen = pane.wait("[y/N]")
-        question = screen.rindex("[y/N]")
+        screen = pane.wait("[y/N/a]")
+        question = screen.rindex("[y/N/a]")
         assert screen.rindex("-two") < question and screen.rindex("+TWO") < question
         assert screen.rindex("+++ b/notes.txt") < question
+        # Colored on a terminal: removals red, additions green.
+        styled = pane.styled()
+        assert re.search(r"\x1b\[(?:[0-9;]*;)?31m-two", styled), styled
+        assert re.search(r"\x1b\[(?:[0-9;]*;)?32m\+TWO", styled), styled
+        assert "a always edit_file in this session" in screen
+        assert "p always" not in screen.partition("shout the second line")[2]  # bash only
         assert target.read_text() == "one\ntwo\nthree\n"  # nothing written before the answer
         pane.send("y")
         pane.wait("echo: shout the second line")
@@ -508,7 +514,126 @@ def test_bang_runs_locally_and_at_path_includes_a_file(repl, nex_env: NexEnv) ->
         pane.wait("not sent to the model")
         assert srv.requests == []  # the shell command never reached the model
         pane.wait_prompt()
-        pane.send("summarise @todo.txt")
-        pane.wait("echo: summarise @todo.txt")
+        pane.type("summarise @to")
+        pane.keys("Tab")  # completes the path from the work dir
+        pane.wait("› summarise @todo.txt", "the completed path")
+        pane.type(" and @gone.txt")
+        pane.keys("Enter")
+        pane.wait("@gone.txt: no such file in the work dir; not included")
+        pane.wait("echo: summarise @todo.txt and @gone.txt")
         (body,) = srv.requests
         assert "[file todo.txt]\n```\nbuy milk\n```" in _messages(body)[-1][1]
+
+
+def test_bang_bang_sends_the_output_with_the_next_message(repl, nex_env: NexEnv) -> None:
+    with stub_server({"default": {"echo": True}}, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("!!echo shared-$((6*7))")
+        pane.wait("goes to the model with your next message")
+        pane.wait("1 !! output(s) go with your next message", "the note in the status line")
+        assert srv.requests == []  # nothing is sent until the person writes
+        pane.send("what did it print?")
+        pane.wait("echo: [I ran `echo shared-$((6*7))` (exit 0)")
+        (body,) = srv.requests
+        assert _messages(body)[-1][1] == (
+            "[I ran `echo shared-$((6*7))` (exit 0); its output:]\n```\nshared-42\n```\n\n"
+            "what did it print?"
+        )
+        pane.wait_prompt()
+        pane.send("and now?")
+        pane.wait("echo: and now?")
+        assert _messages(srv.requests[-1])[-1] == ("user", "and now?")  # sent once only
+
+
+# -- approvals: the choices, remembered answers, modes ------------------------------------------
+def _bash(command: str) -> dict:
+    return {"tool_calls": [{"name": "bash", "arguments": {"command": command}}]}
+
+
+def _tool_results(body: dict) -> list[str]:
+    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
+
+
+def test_always_for_a_tool_is_remembered_for_the_session(repl, nex_env: NexEnv) -> None:
+    edit = {"name": "write_file", "arguments": {"path": "a.txt", "content": "A\n"}}
+    again = {"name": "write_file", "arguments": {"path": "b.txt", "content": "B\n"}}
+    script = {
+        "replies": [{"tool_calls": [edit]}, {"tool_calls": [again]}, {"content": "both written"}],
+        "default": {"echo": True},
+    }
+    with stub_server(script, strict=True) as srv:
+        pane = repl(srv, ask=True)
+        pane.send("write two files")
+        pane.wait("run write_file: a.txt? [y/N/a]")
+        pane.send("a")
+        pane.wait("both written")
+        screen = pane.wait_prompt()
+        assert "run write_file: b.txt?" not in screen  # the second call was not asked
+        assert (nex_env.work / "a.txt").read_text() == "A\n"
+        assert (nex_env.work / "b.txt").read_text() == "B\n"
+        assert srv.rejections == []
+
+
+def test_always_for_a_command_prefix_covers_that_prefix_only(repl, nex_env: NexEnv) -> None:
+    script = {
+        "replies": [
+            _bash("touch one.txt"),
+            _bash("touch two.txt"),
+            _bash("rm one.txt"),
+            {"content": "done touching"},
+        ],
+        "default": {"echo": True},
+    }
+    with stub_server(script, strict=True) as srv:
+        pane = repl(srv, ask=True)
+        pane.send("make files")
+        screen = pane.wait("run bash: touch one.txt? [y/N/a/p]")
+        assert "p always `touch …` commands in this session" in screen
+        pane.send("p")
+        pane.wait("run bash: rm one.txt? [y/N/a/p]")  # another program: asked again
+        assert (nex_env.work / "two.txt").exists()  # `touch two.txt` ran without asking
+        assert "run bash: touch two.txt?" not in pane.screen()
+        pane.send("n")
+        pane.wait("done touching")
+        assert (nex_env.work / "one.txt").exists()  # the rm was declined
+        assert srv.rejections == []
+
+
+def test_no_with_a_reason_reaches_the_model_as_the_tool_result(repl, nex_env: NexEnv) -> None:
+    script = {"replies": [_bash("rm -rf build")], "default": {"echo": True}}
+    with stub_server(script, strict=True) as srv:
+        pane = repl(srv, ask=True)
+        pane.send("clean up")
+        pane.wait("run bash: rm -rf build? [y/N/a/p]")
+        pane.send("maybe")  # not an answer: asked again
+        pane.wait("answer y, N, a, p (or n REASON)")
+        pane.send("n keep the build, run make clean instead")
+        pane.wait("echo: clean up")
+        assert srv.rejections == []
+        assert _tool_results(srv.requests[1]) == [
+            "error: the user declined this tool call and said: keep the build, run make clean "
+            "instead"
+        ]
+
+
+def test_the_approval_mode_is_in_the_status_line_and_auto_edit_asks_only_for_bash(
+    repl, nex_env: NexEnv
+) -> None:
+    nex_env.write_config('approval = "auto-edit"', local=True)
+    write = {"name": "write_file", "arguments": {"path": "auto.txt", "content": "auto\n"}}
+    script = {
+        "replies": [{"tool_calls": [write]}, _bash("touch asked.txt"), {"content": "finished"}],
+        "default": {"echo": True},
+    }
+    with stub_server(script, strict=True) as srv:
+        pane = repl(srv, ask=True)
+        assert "│ approval auto-edit │" in pane.screen()
+        pane.send("edit then run")
+        pane.wait("run bash: touch asked.txt? [y/N/a/p]")
+        assert (nex_env.work / "auto.txt").read_text() == "auto\n"  # written without asking
+        assert "run write_file" not in pane.screen()
+        pane.send("y")
+        pane.wait("finished")
+        assert (nex_env.work / "asked.txt").exists()
+    with stub_server({"default": {"echo": True}}) as srv:
+        assert "│ approval yolo │" in repl(srv).screen()  # --yes is yolo, over the config
