@@ -66,6 +66,10 @@ KEYS_HELP = (
     "message · Esc or Ctrl-C cancels an answer (queued text comes back) or clears the line · "
     "Ctrl-D quits · //text sends /text"
 )
+EXTRAS_HELP = (
+    "!cmd runs cmd here (not sent) · !!cmd runs it and sends its output with your next message "
+    "· @path includes a work-dir file (Tab completes)"
+)
 ESCAPE_WAIT = 0.3  # seconds a lone Esc waits to see whether Enter follows (Esc Enter adds a line)
 
 # Markdown worth a re-render: block syntax at a line start, or unambiguous inline markup.
@@ -719,7 +723,9 @@ class Repl:
     async def cmd_help(self, arg: str) -> bool:
         width = max(len(usage) for _, usage, _ in COMMANDS.values())
         lines = [f"  {usage:<{width}}  {text}" for _, usage, text in COMMANDS.values()]
-        self.terminal.say("\n".join(["commands:", *lines, "keys: " + KEYS_HELP]))
+        self.terminal.say(
+            "\n".join(["commands:", *lines, "also: " + EXTRAS_HELP, "keys: " + KEYS_HELP])
+        )
         return False
 
     async def cmd_clear(self, arg: str) -> bool:
