@@ -3,7 +3,7 @@
 The mode (config `approval`, `--yes`) sets the baseline:
 
     ask        every mutating tool asks (write_file, edit_file, bash)
-    auto-edit  file edits run without asking; bash still asks
+    auto-edit  file edits (write_file, edit_file) run without asking; bash still asks
     yolo       nothing asks (`--yes` is the same)
 
 On top of it the REPL remembers, until it ends, the person's "always" answers: a whole tool, or
@@ -26,6 +26,7 @@ Mode = Literal["ask", "auto-edit", "yolo"]
 MODES: tuple[Mode, ...] = ("ask", "auto-edit", "yolo")
 
 SHELL_TOOL = "bash"
+FILE_TOOLS = frozenset({"write_file", "edit_file"})  # what auto-edit lets through
 
 # Programs whose first argument names a subcommand: their prefix is two words (`git status`,
 # `npm test`), so approving one subcommand does not approve its siblings (`git push`).
@@ -53,6 +54,12 @@ SUBCOMMAND_PROGRAMS = frozenset(
         "yarn",
     }
 )
+# Programs that run another command given as arguments: approving `sudo` or `xargs` would
+# approve anything, so no prefix is offered for them.
+RUNNERS = frozenset(
+    {"bash", "command", "env", "eval", "exec", "nice", "nohup", "sh", "sudo", "time", "timeout",
+     "xargs", "zsh"}
+)  # fmt: skip
 _SEPARATORS = frozenset({"&&", "||", ";", "|"})
 _WORD = re.compile(r"^[A-Za-z0-9][\w.+:/-]*$")
 
@@ -61,7 +68,8 @@ def _simple_commands(command: str) -> list[list[str]] | None:
     """`command` split into its simple commands' words, or None when it does more than run
     commands in sequence or in a pipe: a redirection, a substitution, a subshell, a
     background job, or quoting shlex cannot read."""
-    if "`" in command or "$(" in command or "<(" in command or ">(" in command:
+    # A newline separates commands as `;` does, but shlex reads it as a space.
+    if any(mark in command for mark in ("`", "$(", "<(", ">(", "\n", "\r")):
         return None
     lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
@@ -96,6 +104,9 @@ def command_prefix(command: str) -> str | None:
     parts = _simple_commands(command)
     if parts is None or len(parts) != 1:
         return None
+    first = parts[0][0]
+    if first in RUNNERS or "=" in first:  # a runner, or a variable set for the command
+        return None
     return " ".join(_prefix_of(parts[0]))
 
 
@@ -116,8 +127,10 @@ class Approvals:
         """Whether this mutating call may run without asking."""
         if self.mode == "yolo" or name in self.tools:
             return True
-        if name != SHELL_TOOL:
+        if name in FILE_TOOLS:
             return self.mode == "auto-edit"
+        if name != SHELL_TOOL:
+            return False  # a mutating tool this module does not know: ask
         parts = _simple_commands(_bash_command(args))
         if parts is None or not self.prefixes:
             return False
