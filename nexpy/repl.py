@@ -400,6 +400,9 @@ class Repl:
             prompt_continuation=lambda width, line, wrap: " " * width,
             bottom_toolbar=self.toolbar,
             completer=PathCompleter(opts.handler.workdir),
+            # On Tab only: a Tab pressed while a completion-as-you-type is still being computed
+            # is dropped by prompt-toolkit (one completion at a time).
+            complete_while_typing=False,
             style=Style.from_dict(
                 {"prompt": "bold", "bottom-toolbar.queued": "noreverse dim italic"}
             ),
