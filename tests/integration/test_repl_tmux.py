@@ -627,7 +627,7 @@ def test_the_approval_mode_is_in_the_status_line_and_auto_edit_asks_only_for_bas
     }
     with stub_server(script, strict=True) as srv:
         pane = repl(srv, ask=True)
-        assert "│ approval auto-edit │" in pane.screen()
+        pane.wait("│ approval auto-edit │", "the mode in the status line")
         pane.send("edit then run")
         pane.wait("run bash: touch asked.txt? [y/N/a/p]")
         assert (nex_env.work / "auto.txt").read_text() == "auto\n"  # written without asking
@@ -636,4 +636,6 @@ def test_the_approval_mode_is_in_the_status_line_and_auto_edit_asks_only_for_bas
         pane.wait("finished")
         assert (nex_env.work / "asked.txt").exists()
     with stub_server({"default": {"echo": True}}) as srv:
-        assert "│ approval yolo │" in repl(srv).screen()  # --yes is yolo, over the config
+        # --yes is yolo, over the config. Waited for: a warning printed above the prompt as it
+        # starts hides the status line for a moment.
+        repl(srv).wait("│ approval yolo │", "yolo in the status line")
