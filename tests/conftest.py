@@ -11,8 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from nexpy.litellm_setup import prepare_environment
+
+# Properties are judged by their examples, not by how fast a shared 2-core machine generates them:
+# `make test` runs two workers side by side, and "too slow" there says nothing about nex.
+settings.register_profile("nex", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("nex")
 
 # Points TIKTOKEN_CACHE_DIR at litellm's bundled encodings (as nex does for itself) before any
 # stub counts a token: a stub picks its tokenizer once per process, and without the files it
