@@ -350,6 +350,9 @@ def build_model(plan: SpawnPlan, emitter: Emitter, session: Session | None = Non
             message=f"{error.message}; retrying in {delay:.1f} s (attempt {attempt + 1})",
         )
 
+    def on_warning(message: str) -> None:
+        emitter.emit("warning", message=message)
+
     store = adapt.LearnedStore(session.path.parent.parent / ADAPTATIONS_FILE) if session else None
     where = plan.endpoint or plan.spec.route.prefix
 
@@ -369,6 +372,7 @@ def build_model(plan: SpawnPlan, emitter: Emitter, session: Session | None = Non
         on_retry=on_retry,
         adaptations=store.get(where, plan.model) if store else (),
         on_adapt=on_adapt,
+        on_warning=on_warning,
     )
 
 
