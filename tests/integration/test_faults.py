@@ -359,17 +359,65 @@ def test_calls_written_as_text_are_run(nex_env: NexEnv, text: str) -> None:
     assert sent_back["tool_calls"][0]["function"]["name"] == "bash"
 
 
-def test_a_call_cut_at_the_output_limit_is_answered_not_run(nex_env: NexEnv) -> None:
+def _unstreamed(replies: list[dict[str, Any]], streamed: bool) -> list[dict[str, Any]]:
+    """`replies`, reached unstreamed if not `streamed`: an empty stream first makes nex ask
+    again without streaming."""
+    return replies if streamed else [{"fault": "empty"}, *replies]
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "unstreamed"])
+def test_a_call_cut_at_the_output_limit_is_answered_not_run(
+    nex_env: NexEnv, streamed: bool
+) -> None:
     """finish_reason "length" is not a cut stream: the server ended the answer at max_tokens,
     inside the call's arguments. The call is answered with a tool error, never repaired and run."""
     call = {"name": "bash", "arguments": '{"command": "echo ran > ran.txt; echo tru'}
     cut = {"tool_calls": [call], "finish_reason": "length"}
-    with stub_server({"replies": [cut], "default": {"content": ANSWER}}, strict=True) as srv:
+    script = {"replies": _unstreamed([cut], streamed), "default": {"content": ANSWER}}
+    with stub_server(script, strict=True) as srv:
         _ok(nex_env, _run(nex_env, srv.url))
         (result,) = _tool_results(srv.requests)
-        assert len(srv.requests) == 2
+        assert [bool(r.get("stream")) for r in srv.requests][-2] is streamed
     assert "arguments were truncated" in result and "output limit" in result
     assert not (nex_env.work / "ran.txt").exists()
+
+
+PARTIAL = "Step one: read the config. Step two: run the"
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "unstreamed"])
+def test_an_answer_cut_at_the_output_limit_is_not_a_finished_task(
+    nex_env: NexEnv, streamed: bool
+) -> None:
+    """A final answer that stopped at max_tokens: on stdout as it is, one warning line, exit 3
+    (a limit), journaled as a limit; the next turn tells the model, appended to the new user
+    message, with every earlier message sent exactly as before."""
+    cut = {"content": PARTIAL, "finish_reason": "length"}
+    script = {"replies": _unstreamed([cut], streamed), "default": {"content": ANSWER}}
+    with stub_server(script, strict=True) as srv:
+        result = _run(nex_env, srv.url)
+        _no_traceback(result)
+        assert result.code == 3, result.stderr
+        assert result.stdout == PARTIAL + "\n"
+        warnings = [line for line in result.stderr.splitlines() if "output limit" in line]
+        assert len(warnings) == 1 and warnings[0].startswith("warning:"), result.stderr
+        assert "incomplete" in warnings[0] and result.error_lines() == []
+        path = nex_env.home / "sessions" / "f" / "journal.jsonl"
+        end = json.loads(path.read_text().splitlines()[-1])
+        assert (end["status"], end["exit_reason"]) == ("limit", "output_limit")
+
+        # The next run of the session (a resume: the note must survive the process).
+        again = nex_env.run(
+            "-m", "local:stub-model", "-e", srv.url, "--context-window", "32768", "--chat", "f",
+            "--autonomous", "go on",
+        )  # fmt: skip
+        assert again.code == 0 and again.stdout == ANSWER + "\n", again.stderr
+        first, last = srv.requests[-2]["messages"], srv.requests[-1]["messages"]
+    assert last[: len(first)] == first  # earlier messages byte for byte as before
+    assert last[len(first)]["content"] == PARTIAL
+    note = last[-1]["content"]
+    assert note.startswith("go on\n\n[nex] Your previous answer was cut off at the output limit")
+    assert [m["role"] for m in last[len(first) :]] == ["assistant", "user"]
 
 
 def _ok(nex_env: NexEnv, result: Result) -> None:
