@@ -228,6 +228,46 @@ def test_a_cut_every_time_ends_in_one_line(nex_env: NexEnv) -> None:
         assert "(after 4 attempts)" in line
 
 
+# A server restarted between two turns (or a proxy whose backend did): the connection kept in
+# the pool from the first turn is dead, and the request sent on it gets no response at all. It is
+# sent again at once on a new connection, as browsers do: no warning, not a failed attempt.
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "unstreamed"])
+def test_a_dead_pooled_connection_is_retried_once_without_counting(
+    nex_env: NexEnv, streamed: bool, reset: bool
+) -> None:
+    call = {"tool_calls": [{"name": "bash", "arguments": {"command": "echo turn-one"}}]}
+    dead = {"fault": "restarted", "reset": reset}
+    replies = [call, *_unstreamed([dead], streamed)]
+    with stub_server({"replies": replies, "default": {"content": ANSWER}}, strict=True) as srv:
+        result = _run(nex_env, srv.url)
+        records = [r for r in srv.records if r["path"].endswith("/chat/completions")]
+    _no_traceback(result)
+    assert result.code == 0, result.stderr
+    assert result.stdout == ANSWER + "\n"
+    # The only retry warning is the empty stream's, which took the unstreamed row unstreamed.
+    retries = [line for line in result.stderr.splitlines() if "retrying" in line]
+    assert retries == ([] if streamed else retries[:1]), result.stderr
+    assert all("empty reply" in line for line in retries) and result.error_lines() == []
+    assert len(records) == len(replies) + 1
+    before, died, again = records[-3:]
+    assert died["port"] == before["port"]  # the request went out on the kept-alive connection
+    assert again["port"] != died["port"]  # and again on a new one
+    assert [bool(r["body"].get("stream")) for r in (died, again)] == [streamed, streamed]
+    roles = [m["role"] for m in _journal(nex_env)]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+
+
+def test_a_server_that_never_answers_a_connection_is_retried_counted(nex_env: NexEnv) -> None:
+    # The free resend is once per request: a server that drops every connection unanswered
+    # ends in one line after nex's 4 attempts. Each attempt is sent twice by nex's transport,
+    # and litellm's handler sends a failed one once more on a client of its own (measured: 16).
+    with stub_server({"default": {"fault": "restarted"}}) as srv:
+        line = _failed(nex_env, _run(nex_env, srv.url), f"the connection to {srv.url} was cut")
+        assert "(after 4 attempts)" in line
+        assert 8 <= len(srv.requests) <= 16
+
+
 # What llama.cpp, vLLM and proxies send instead of an answer: an error object in a 200 (whole,
 # or mid-stream), an SSE `event: error`, and a stream stuck repeating one chunk.
 CRASHED = {"error": {"message": "model crashed", "code": 500, "type": "server_error"}}
