@@ -23,6 +23,7 @@ from nexpy.classify import classify, stalled
 from nexpy.errors import BadRequestError, ConfigError, ProviderError, UnparsedOutput
 from nexpy.integrity import check_stream
 from nexpy.reply import Dedup, EmptyReply, Reply, ReplyReader, TextCallback
+from nexpy.routing import OPENAI_COMPATIBLE
 
 if TYPE_CHECKING:
     from nexpy.plan import SpawnPlan
@@ -182,7 +183,7 @@ class LitellmModel:
             not isinstance(error, UnparsedOutput)
             or attempt < self.max_attempts
             or self.raw_text
-            or not (self.plan.spec.route.coalesces and self.plan.endpoint)
+            or not (self.plan.spec.route.litellm_prefix == OPENAI_COMPATIBLE and self.plan.endpoint)
         ):
             return False
         self.raw_text = True
