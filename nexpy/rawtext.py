@@ -16,8 +16,19 @@ from __future__ import annotations
 from typing import Any
 
 from nexpy import adapt
+from nexpy.errors import ProviderError
 
 RULE = "tools-in-prompt"
+
+
+class Refused(Exception):
+    """A non-2xx answer to one of the two requests; `status_code` and `response` are what
+    nexpy.classify reads from any HTTP error."""
+
+    def __init__(self, response: Any) -> None:
+        super().__init__(f"HTTP {response.status_code}: {response.text}")
+        self.status_code = response.status_code
+        self.response = response
 
 
 def server_root(endpoint: str) -> str:
@@ -38,21 +49,31 @@ async def complete(
 ) -> dict[str, Any]:
     """The model's raw answer as a chat completion body (`choices[0].message.content`, its
     finish reason and usage). `fields` go into the completion request (model, max_tokens, the
-    user's sampling settings); `client` is an httpx.AsyncClient. Raises httpx's errors."""
+    user's sampling settings); `client` is an httpx.AsyncClient. Raises `Refused` for an HTTP
+    error, httpx's errors for the connection."""
     body = adapt.apply([*adaptations, RULE], {"messages": messages, "tools": tools})
     rendered = await client.post(
         server_root(endpoint) + "/apply-template",
         json={"messages": body["messages"]},
         headers=headers,
     )
-    rendered.raise_for_status()
+    if rendered.status_code == 404:
+        raise ProviderError(
+            f"{endpoint} cannot give the raw text (no /apply-template: not llama.cpp's server)",
+            hint="its output parser fails on what this model writes: serve the model with a "
+            "chat template that matches it",
+            status=404,
+        )
+    if rendered.status_code >= 300:
+        raise Refused(rendered)
     prompt = rendered.json()["prompt"]
     response = await client.post(
         endpoint.rstrip("/") + "/completions",
         json={**fields, "prompt": prompt, "stream": False},
         headers=headers,
     )
-    response.raise_for_status()
+    if response.status_code >= 300:
+        raise Refused(response)
     data = response.json()
     choice = data["choices"][0]
     return {

@@ -498,3 +498,16 @@ async def test_parser_failure_on_a_route_without_raw_text_ends_in_one_line() -> 
     with pytest.raises(ProviderError) as info:
         await _complete(model, TOOLS)
     assert "could not parse the model's output" in str(info.value) and not model.raw_text
+
+
+@respx.mock
+async def test_parser_failure_on_a_server_without_raw_text_ends_in_one_line() -> None:
+    respx.post(CHAT).mock(return_value=_error(500, PARSER_FAILURE))
+    respx.post(BASE.removesuffix("/v1") + "/apply-template").mock(
+        return_value=httpx.Response(404, json={"detail": "Not Found"})
+    )
+    model, _ = _model(on_warning=lambda _: None)
+    with pytest.raises(ProviderError) as info:
+        await _complete(model, TOOLS)
+    assert "cannot give the raw text (no /apply-template" in info.value.line()
+    assert not info.value.retryable
