@@ -23,7 +23,6 @@ from nexpy.classify import classify, stalled
 from nexpy.errors import BadRequestError, ConfigError, ProviderError, UnparsedOutput
 from nexpy.integrity import check_stream
 from nexpy.reply import Dedup, EmptyReply, Reply, ReplyReader, TextCallback
-from nexpy.routing import OPENAI_COMPATIBLE
 
 if TYPE_CHECKING:
     from nexpy.plan import SpawnPlan
@@ -179,11 +178,12 @@ class LitellmModel:
     def _fall_back_to_raw(self, error: ProviderError, attempt: int) -> bool:
         """After the retries, a parser failure switches this model to raw text, once, where the
         server is llama.cpp-like (an OpenAI-compatible route: it has /apply-template)."""
+        route = self.plan.spec.route
         if (
             not isinstance(error, UnparsedOutput)
             or attempt < self.max_attempts
             or self.raw_text
-            or not (self.plan.spec.route.litellm_prefix == OPENAI_COMPATIBLE and self.plan.endpoint)
+            or not (route.coalesces and route.native_api is None and self.plan.endpoint)
         ):
             return False
         self.raw_text = True

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nexpy import adapt
+import nexpy.adapt as adapt
 from nexpy.errors import ProviderError
 
 RULE = "tools-in-prompt"
