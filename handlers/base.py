@@ -165,6 +165,7 @@ class CliHandler(abc.ABC):
         self.binary = find_binary(plan.argv[0], self.package)
         self.totals = Totals()
         self.context_used = 0
+        self.answer_cut = False  # the CLIs continue a cut answer themselves
         self._window = plan.context_window
         self.started = time.monotonic()
         self.state_path = session.path / STATE_FILE

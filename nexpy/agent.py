@@ -47,7 +47,17 @@ CALL_AT_LIMIT = (
     "(max_tokens) inside them, so it was not run; send it again, smaller (e.g. write a long "
     "file in parts)"
 )
-ANSWER_AT_LIMIT = "the model's answer stopped at the output limit (finish_reason: length)"
+ANSWER_AT_LIMIT = (
+    "the model's answer stopped at the output limit (finish_reason: length): it is incomplete; "
+    "ask it to continue, or raise max_tokens in the model's settings"
+)
+# What the model is told at its next turn, appended to that user message (nothing earlier in the
+# history is rewritten, so every request still extends the one before byte for byte).
+CUT_NOTE = (
+    "[nex] Your previous answer was cut off at the output limit (max_tokens): the user saw it "
+    "incomplete. Continue where it stopped if it matters, and keep answers shorter."
+)
+CUT_ENTRY = "answer_cut"  # journaled after a cut answer, so a resumed session tells the model too
 
 SYSTEM_PROMPT = """\
 You are nex, a coding agent. You work in the directory {workdir}; tool paths are relative to it.
@@ -86,6 +96,8 @@ class Agent:
             for e in session.entries()
             if e.get("kind") == "message" and e.get("message", {}).get("role") == "user"
         )
+        # The last answer stopped at the output limit; its note goes with the next user message.
+        self.answer_cut = _last_answer_cut(session.entries())
         self.confirm = confirm
         self.totals = Totals()
         self.started = time.monotonic()
@@ -150,6 +162,8 @@ class Agent:
 
     async def send(self, text: str, on_text: TextCallback | None = None) -> str:
         """Add a user message and run until the model answers without calling a tool."""
+        if self.answer_cut:
+            text, self.answer_cut = f"{text}\n\n{CUT_NOTE}", False
         self._record(user(text))
         self.turn_no += 1
         self.loop_guard = LoopGuard()  # a new message breaks any streak
@@ -159,6 +173,8 @@ class Agent:
                 reply = await self._request(on_text, self.schemas)
                 if not reply.tool_calls:
                     if reply.finish_reason == "length":
+                        self.answer_cut = True
+                        self.session.append(CUT_ENTRY)
                         self.emit("warning", message=ANSWER_AT_LIMIT)
                     return reply.content
                 calls, cut = reply.tool_calls, None
@@ -328,6 +344,14 @@ class Agent:
         )
 
 
+def _last_answer_cut(entries: list[dict[str, Any]]) -> bool:
+    """Whether the session's last answer was cut at the output limit (a CUT_ENTRY after it)."""
+    for entry in reversed(entries):
+        if entry.get("kind") in (CUT_ENTRY, "message"):
+            return bool(entry.get("kind") == CUT_ENTRY)
+    return False
+
+
 ADAPTATIONS_FILE = "adaptations.json"  # in the state dir: what each endpoint's template needs
 
 
@@ -350,6 +374,9 @@ def build_model(plan: SpawnPlan, emitter: Emitter, session: Session | None = Non
             message=f"{error.message}; retrying in {delay:.1f} s (attempt {attempt + 1})",
         )
 
+    def on_warning(message: str) -> None:
+        emitter.emit("warning", message=message)
+
     store = adapt.LearnedStore(session.path.parent.parent / ADAPTATIONS_FILE) if session else None
     where = plan.endpoint or plan.spec.route.prefix
 
@@ -369,6 +396,7 @@ def build_model(plan: SpawnPlan, emitter: Emitter, session: Session | None = Non
         on_retry=on_retry,
         adaptations=store.get(where, plan.model) if store else (),
         on_adapt=on_adapt,
+        on_warning=on_warning,
     )
 
 

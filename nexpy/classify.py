@@ -19,6 +19,7 @@ from nexpy.errors import (
     NotFoundError,
     ProviderError,
     TransientError,
+    UnparsedOutput,
     one_line,
 )
 from nexpy.integrity import BodyCut, cut
@@ -43,6 +44,14 @@ _TEMPLATE_MARKERS = (
     "jinja",
     "raise_exception",
     "templateerror",
+)
+# llama.cpp's per-family output parser, failing on what the model wrote (HTTP 500, or an error
+# event in a 200 stream): "The model produced output that does not match the expected
+# peg-native format", "Failed to parse input at pos 12".
+_UNPARSED = re.compile(
+    r"(?:the model produced output that )?does not match the expected [\w .-]*?format"
+    r"|failed to parse input at pos \d+",
+    re.IGNORECASE,
 )
 _HTML_TITLE = re.compile(r"<(?:title|h1)[^>]*>(.*?)</(?:title|h1)>", re.IGNORECASE | re.DOTALL)
 # litellm stacks its class names in front of the server's words: "litellm.InternalServerError:
@@ -267,9 +276,15 @@ def classify(
             hint="lower --context-window, /compact, or start the server with a bigger -c",
             n_ctx=int(m.group(1)) if m else None,
         )
+    words = server_words(body or str(exc))
+    if (unparsed := _UNPARSED.search(text)) is not None:
+        return UnparsedOutput(
+            f"{where} could not parse the model's output ({unparsed.group()})",
+            hint="the server's tool-call parser does not fit what this model writes",
+            status=status,
+        )
     if (transport := _transport_failure(chain, where, idle_timeout)) is not None:
         return transport
-    words = server_words(body or str(exc))
     if status in (401, 403) or name in ("AuthenticationError", "PermissionDeniedError"):
         key = f"${plan.api_key_env}" if plan.api_key_env else "the endpoint's api_key_env"
         return AuthError(

@@ -16,6 +16,11 @@ JSON) passes byte for byte, in order. A stream with CR line endings passes whole
 A one-line `data:` event that is neither JSON nor `[DONE]` raises json.JSONDecodeError: litellm's
 OpenAI-compatible stream parser would drop it silently and the answer would end short.
 
+A request that gets no response at all (the connection closed or reset before any byte of one)
+is sent again once, at once, on a new connection: a connection kept in the pool is dead when the
+server restarted between two turns (or a proxy's backend did), and it only shows when a request
+is sent on it. Browsers and Go's net/http do the same; it is not a failed attempt for nex.
+
 `coalescing_client()` hands litellm its HTTP client over this transport: one pool per event loop
 and proxy, so connections last the session (`AsyncHTTPHandler(transport=…)` passed as `client=`
 is the supported place for our own transport under litellm).
@@ -162,6 +167,11 @@ class CoalescedStream(httpx.AsyncByteStream):
         await self.inner.aclose()
 
 
+# What the transport raises for a connection that closed (FIN) or was reset (RST) before any
+# response: h11's "Server disconnected without sending a response", or the socket's error.
+_NO_RESPONSE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
 class CoalescingTransport(httpx.AsyncBaseTransport):
     """Wraps a transport; event-stream responses come back with their text deltas merged."""
 
@@ -169,7 +179,11 @@ class CoalescingTransport(httpx.AsyncBaseTransport):
         self.inner = inner
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self.inner.handle_async_request(request)
+        try:
+            response = await self.inner.handle_async_request(request)
+        except _NO_RESPONSE:
+            # httpcore dropped the dead connection; a new one is opened (see the module doc).
+            response = await self.inner.handle_async_request(request)
         ctype = response.headers.get("content-type", "")
         if response.status_code == 200 and ctype.lower().startswith("application/json"):
             # A whole answer: litellm would take a cut one for finished (nexpy.integrity).

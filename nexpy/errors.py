@@ -85,6 +85,13 @@ class TransientError(ProviderError):
     retryable = True
 
 
+class UnparsedOutput(TransientError):
+    """The server's own tool-call/reasoning parser could not parse what the model wrote
+    (llama.cpp's HTTP 500). Retried; then the answer is asked for as raw text (nexpy.rawtext)."""
+
+    kind = "unparsed_output"
+
+
 class AuthError(ProviderError):
     kind = "auth"
 

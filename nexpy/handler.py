@@ -55,6 +55,7 @@ class HandlerOptions:
 class Handler(Protocol):
     totals: Totals
     context_used: int  # tokens of the last request (0 when the handler cannot tell)
+    answer_cut: bool  # the last answer stopped at the output limit (finish_reason "length")
 
     @property
     def window(self) -> int | None: ...

@@ -8,9 +8,10 @@ be asked after the fact: at the end of any stream it appends a finish of its own
 the answer looks finished; what the *server* sent is what its stream wrapper recorded
 (`received_finish_reason`, or a finish on a content chunk, `intermittent_finish_reason`).
 
-A whole (unstreamed) body must parse and give every choice a finish reason; litellm would also
-fill a missing one with "stop", so OpenAI-compatible bodies are checked on the wire, in nex's
-transport (nexpy.coalesce), before litellm reads them.
+A whole (unstreamed) body must parse and be finished by its own format's mark: a finish reason on
+every choice of an OpenAI chat completion, `"done": true` in Ollama's native reply (no choices:
+the OpenAI rule does not apply to it). litellm would fill a missing one with "stop", so bodies
+are checked on the wire, in nex's transport (nexpy.coalesce), before litellm reads them.
 
 `finish_reason: "length"` is not a cut: the server ended the answer at `max_tokens`.
 """
@@ -50,9 +51,9 @@ class BodyCut(Exception):
 
 
 def check_body(data: bytes) -> None:
-    """Raise BodyCut for a JSON body cut short (it starts as JSON and does not parse) or a
-    chat completion with a choice that has no finish reason. Anything else (an error object,
-    a body that is not JSON at all) is left for the caller to classify."""
+    """Raise BodyCut for a JSON body cut short (it starts as JSON and does not parse), a chat
+    completion with a choice that has no finish reason, or an Ollama reply not `done`. Anything
+    else (an error object, a body that is not JSON at all) is left for the caller to classify."""
     if not data.lstrip().startswith(b"{"):
         return
     try:
@@ -61,8 +62,14 @@ def check_body(data: bytes) -> None:
         body = None
     if body is None:  # raised outside the except: the parse error must not be its context
         raise BodyCut("the reply's JSON body ended before its end")
-    choices = body.get("choices") if isinstance(body, dict) else None
-    if not isinstance(choices, list) or "error" in body:
+    if not isinstance(body, dict) or "error" in body:
+        return
+    if "choices" not in body and "message" in body:  # Ollama's /api/chat
+        if body.get("done") is not True:
+            raise BodyCut("the reply is not done: the server stopped before the answer's end")
+        return
+    choices = body.get("choices")
+    if not isinstance(choices, list):
         return
     if any(not (isinstance(c, dict) and c.get("finish_reason")) for c in choices):
         raise BodyCut("the reply has no finish reason: the server stopped before the answer's end")

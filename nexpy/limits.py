@@ -47,6 +47,15 @@ def turn_limit(limit: int | None, *, who: str = "the run") -> LimitReached:
     )
 
 
+def output_limit() -> LimitReached:
+    """The end of an autonomous run whose final answer stopped at the output limit (exit 3)."""
+    return LimitReached(
+        "the final answer stopped at the output limit (max_tokens)",
+        reason="output_limit",
+        hint=f"raise max_tokens in the model's settings or {CONTINUE_HINT}",
+    )
+
+
 class LoopGuard:
     """Counts identical tool calls (same name, same arguments) in a row: small models stuck in a
     loop repeat a call whose result cannot change, and burn turns until a limit stops them."""

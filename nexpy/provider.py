@@ -5,7 +5,8 @@ before the first. Whatever it raises is classified (nexpy.classify); transient f
 retried (at most four attempts, jittered backoff, a 429's Retry-After honoured) and text an
 earlier attempt already showed is not shown again (nexpy.reply). A 200 stream with no answer in
 it is retried once unstreamed, which turns llama-cpp-python's silent template and context errors
-into their real messages.
+into their real messages. A server whose own output parser keeps failing on what the model
+writes (llama.cpp's HTTP 500) is asked for the raw text instead, from then on (nexpy.rawtext).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from nexpy import adapt, litellm_setup
 from nexpy.classify import classify, stalled
-from nexpy.errors import BadRequestError, ConfigError, ProviderError
+from nexpy.errors import BadRequestError, ConfigError, ProviderError, UnparsedOutput
 from nexpy.integrity import check_stream
 from nexpy.reply import Dedup, EmptyReply, Reply, ReplyReader, TextCallback
 
@@ -64,6 +65,7 @@ class LitellmModel:
         on_retry: Callable[[ProviderError, int, float], None] | None = None,
         adaptations: Iterable[str] = (),
         on_adapt: Callable[[adapt.Rule, ProviderError], None] | None = None,
+        on_warning: Callable[[str], None] | None = None,
     ) -> None:
         self.plan = plan
         self.name = str(plan.spec)
@@ -77,6 +79,10 @@ class LitellmModel:
         # The rules of nexpy.adapt this endpoint's template needs, learned from its refusals.
         self.adaptations: list[str] = list(adaptations)
         self.on_adapt = on_adapt
+        self.on_warning = on_warning
+        # The server's output parser failed on this model after every retry: from then on,
+        # ask for raw text (nexpy.rawtext) rather than send requests it will refuse again.
+        self.raw_text = False
 
     def request_kwargs(
         self,
@@ -155,6 +161,9 @@ class LitellmModel:
                 if self._adapt_to(error):
                     attempt -= 1  # the same request, reshaped: not a failed attempt
                     continue
+                if self._fall_back_to_raw(error, attempt):
+                    attempt = 0  # a new kind of request: its own attempts
+                    continue
                 if not error.retryable or attempt >= self.max_attempts:
                     if attempt > 1 and error.retryable:
                         error.message += f" (after {attempt} attempts)"
@@ -165,6 +174,25 @@ class LitellmModel:
                 if self.on_retry:
                     self.on_retry(error, attempt, delay)
                 await self.sleep(delay)
+
+    def _fall_back_to_raw(self, error: ProviderError, attempt: int) -> bool:
+        """After the retries, a parser failure switches this model to raw text, once, where the
+        server is llama.cpp-like (an OpenAI-compatible route: it has /apply-template)."""
+        route = self.plan.spec.route
+        if (
+            not isinstance(error, UnparsedOutput)
+            or attempt < self.max_attempts
+            or self.raw_text
+            or not (route.coalesces and route.native_api is None and self.plan.endpoint)
+        ):
+            return False
+        self.raw_text = True
+        if self.on_warning is not None:
+            self.on_warning(
+                f"{error.message} {attempt} times; asking it for the raw text from now on "
+                "(tools described in the prompt, calls recovered by nex)"
+            )
+        return True
 
     def _adapt_to(self, error: ProviderError) -> bool:
         """Learn the adaptation a template's refusal asks for; whether there was a new one.
@@ -193,6 +221,8 @@ class LitellmModel:
         lm = litellm_setup.loaded()
         if lm is None:
             lm = await asyncio.to_thread(litellm_setup.litellm)
+        if self.raw_text:
+            return await self._raw_attempt(messages, tools, on_text, max_tokens)
         sent_messages, sent_tools = messages, tools
         if self.adaptations:
             body = adapt.apply(self.adaptations, {"messages": messages, "tools": tools})
@@ -235,6 +265,42 @@ class LitellmModel:
         if reader.answered:  # an empty stream is its own case (EmptyReply)
             check_stream(response, self.where)  # nexpy.integrity: the server ended it, or a cut
         return reader.reply(self.where, str(headers.get("content-type", "")))
+
+    async def _raw_attempt(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        on_text: TextCallback,
+        max_tokens: int | None,
+    ) -> Reply:
+        """One request for the raw text (nexpy.rawtext), read as an unstreamed answer."""
+        from nexpy import rawtext
+        from nexpy.coalesce import coalescing_client
+
+        assert self.plan.endpoint is not None  # _fall_back_to_raw requires one
+        kwargs = self.request_kwargs([], None, stream=False, max_tokens=max_tokens)
+        # The model by its name on the wire, and the user's sampling settings.
+        fields: dict[str, Any] = {"model": self.plan.model, **kwargs.get("extra_body", {})}
+        fields |= {k: kwargs[k] for k in ("max_tokens", "temperature", "top_p") if k in kwargs}
+        headers = {
+            "Authorization": f"Bearer {kwargs['api_key']}",
+            **kwargs.get("extra_headers", {}),
+        }
+        body = await asyncio.wait_for(
+            rawtext.complete(
+                coalescing_client(self.plan.endpoint).client,
+                self.plan.endpoint,
+                messages=messages,
+                tools=tools,
+                adaptations=self.adaptations,
+                headers=headers,
+                fields=fields,
+            ),
+            self.connect_timeout + self.idle_timeout,
+        )
+        reader = ReplyReader(tools, on_text)
+        reader.add(body)
+        return reader.reply(self.where, "application/json")
 
 
 def backoff(attempt: int, retry_after: float | None) -> float:

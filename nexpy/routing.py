@@ -55,8 +55,10 @@ class Route:
 
     @property
     def coalesces(self) -> bool:
-        """Whether nex's own transport (nexpy.coalesce) goes under litellm's client here."""
-        return self.litellm_prefix == OPENAI_COMPATIBLE
+        """Whether nex's own transport (nexpy.coalesce) goes under litellm's client here: the
+        local servers' routes (OpenAI-compatible, and Ollama's native API, whose NDJSON it
+        passes through), where it checks whole bodies and resends on a dead connection."""
+        return self.litellm_prefix in (OPENAI_COMPATIBLE, "ollama_chat/")
 
 
 ROUTES: dict[str, Route] = {

@@ -27,6 +27,7 @@ from nexpy.errors import EXIT_INTERRUPTED, LimitReached, NexError
 from nexpy.events import Emitter, JsonSink, ProgressSink, Sink
 from nexpy.handler import Confirm, Handler, HandlerOptions, load_factory
 from nexpy.instructions import Instructions, load, restore
+from nexpy.limits import output_limit
 from nexpy.outcome import Outcome, outcome_of
 from nexpy.plan import SpawnPlan
 from nexpy.session import Session, state_home
@@ -266,7 +267,8 @@ async def _run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> in
     try:
         answer = await run.agent.send(message)
         _answer(answer, opts)
-        outcome = outcome_of(None)
+        # An answer cut at the output limit is not a finished task (the warning said so).
+        outcome = outcome_of(output_limit() if run.agent.answer_cut else None)
     except LimitReached as e:
         outcome = outcome_of(e)
         run.emitter.emit("warning", message=e.line())

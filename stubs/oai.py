@@ -560,6 +560,12 @@ class StubServer(ScriptedServer):
                 status=status, text=text, content_type="application/json", headers=headers
             )
 
+        if fault == "restarted":
+            # The server behind this kept-alive connection is gone (a restart, a proxy whose
+            # backend restarted): the request gets no response at all.
+            (self._abort if reply.get("reset") else self._cut)(request)
+            return web.Response(status=204)
+
         if fault == "html":
             status = int(reply.get("status") or 502)
             page = reply.get("body")

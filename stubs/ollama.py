@@ -267,6 +267,9 @@ class OllamaServer(ScriptedServer):
             return web.Response(
                 status=status, text=text, content_type="application/json", headers=headers
             )
+        if fault == "restarted":  # no response on a kept-alive connection (see stubs.oai)
+            (self._abort if reply.get("reset") else self._cut)(request)
+            return web.Response(status=204)
         if fault == "html":
             status = int(reply.get("status") or 502)
             page = err if isinstance(err, str) else NGINX_502.format(status=status)

@@ -34,6 +34,8 @@ FAULTS = (
     "html",  # an HTML error page, as a proxy sends
     "stream_error",  # an error object in the stream (a 200 body unstreamed if status: 200)
     "event_error",  # an SSE `event: error` after `after_chunks` (vLLM, some proxies)
+    "restarted",  # no response: the connection closed (FIN; RST with `reset`), as one kept alive
+    # from before a server restart looks when a request arrives on it
 )
 
 REPLY_KEYS = frozenset(
@@ -53,6 +55,7 @@ REPLY_KEYS = frozenset(
         "retry_after",  # Retry-After header for fault status
         "body",  # error body for fault status/html/stream_error (dict or str)
         "after_chunks",  # chunks sent before fault drop/hang
+        "reset",  # fault restarted: reset the connection (RST) instead of closing it (FIN)
         "barrier",  # hold until this many barrier requests are waiting, then answer all (bench)
     }
 )

@@ -2,7 +2,8 @@
 
 A stub subclasses ``ScriptedServer``, adds its routes in ``_routes`` and speaks its wire format
 there; this module owns the rest: start/stop and the context manager, recording what arrives
-(``records``: method, path, query, headers, body; ``requests``; ``headers``; ``arrivals``),
+(``records``: method, path, query, headers, body, the client's port; ``requests``; ``headers``;
+``arrivals``),
 TCP_NODELAY, the helpers a fault needs (``_hang``, ``_abort``, ``_cut``, ``_send``), the framing
 of a body, and the command line (``serve_main``). Never imports ``nexpy``: a stub is an
 independent peer.
@@ -120,7 +121,8 @@ class ScriptedServer:
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        """Each recorded request as {"method", "path", "query", "headers", "body"} (a copy)."""
+        """Each recorded request as {"method", "path", "query", "headers", "body", "port"} (a
+        copy); "port" is the client's: requests on one kept-alive connection share it."""
         with self._lock:
             return list(self._records)
 
@@ -224,6 +226,9 @@ class ScriptedServer:
             "query": request.query_string,
             "headers": dict(request.headers),
             "body": body,
+            "port": (request.transport.get_extra_info("peername") or (None, None))[1]
+            if request.transport is not None
+            else None,
         }
         with self._lock:
             self._records.append(entry)

@@ -228,6 +228,46 @@ def test_a_cut_every_time_ends_in_one_line(nex_env: NexEnv) -> None:
         assert "(after 4 attempts)" in line
 
 
+# A server restarted between two turns (or a proxy whose backend did): the connection kept in
+# the pool from the first turn is dead, and the request sent on it gets no response at all. It is
+# sent again at once on a new connection, as browsers do: no warning, not a failed attempt.
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "unstreamed"])
+def test_a_dead_pooled_connection_is_retried_once_without_counting(
+    nex_env: NexEnv, streamed: bool, reset: bool
+) -> None:
+    call = {"tool_calls": [{"name": "bash", "arguments": {"command": "echo turn-one"}}]}
+    dead = {"fault": "restarted", "reset": reset}
+    replies = [call, *_unstreamed([dead], streamed)]
+    with stub_server({"replies": replies, "default": {"content": ANSWER}}, strict=True) as srv:
+        result = _run(nex_env, srv.url)
+        records = [r for r in srv.records if r["path"].endswith("/chat/completions")]
+    _no_traceback(result)
+    assert result.code == 0, result.stderr
+    assert result.stdout == ANSWER + "\n"
+    # The only retry warning is the empty stream's, which took the unstreamed row unstreamed.
+    retries = [line for line in result.stderr.splitlines() if "retrying" in line]
+    assert retries == ([] if streamed else retries[:1]), result.stderr
+    assert all("empty reply" in line for line in retries) and result.error_lines() == []
+    assert len(records) == len(replies) + 1
+    before, died, again = records[-3:]
+    assert died["port"] == before["port"]  # the request went out on the kept-alive connection
+    assert again["port"] != died["port"]  # and again on a new one
+    assert [bool(r["body"].get("stream")) for r in (died, again)] == [streamed, streamed]
+    roles = [m["role"] for m in _journal(nex_env)]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+
+
+def test_a_server_that_never_answers_a_connection_is_retried_counted(nex_env: NexEnv) -> None:
+    # The free resend is once per request: a server that drops every connection unanswered
+    # ends in one line after nex's 4 attempts. Each attempt is sent twice by nex's transport,
+    # and litellm's handler sends a failed one once more on a client of its own (measured: 16).
+    with stub_server({"default": {"fault": "restarted"}}) as srv:
+        line = _failed(nex_env, _run(nex_env, srv.url), f"the connection to {srv.url} was cut")
+        assert "(after 4 attempts)" in line
+        assert 8 <= len(srv.requests) <= 16
+
+
 # What llama.cpp, vLLM and proxies send instead of an answer: an error object in a 200 (whole,
 # or mid-stream), an SSE `event: error`, and a stream stuck repeating one chunk.
 CRASHED = {"error": {"message": "model crashed", "code": 500, "type": "server_error"}}
@@ -359,17 +399,65 @@ def test_calls_written_as_text_are_run(nex_env: NexEnv, text: str) -> None:
     assert sent_back["tool_calls"][0]["function"]["name"] == "bash"
 
 
-def test_a_call_cut_at_the_output_limit_is_answered_not_run(nex_env: NexEnv) -> None:
+def _unstreamed(replies: list[dict[str, Any]], streamed: bool) -> list[dict[str, Any]]:
+    """`replies`, reached unstreamed if not `streamed`: an empty stream first makes nex ask
+    again without streaming."""
+    return replies if streamed else [{"fault": "empty"}, *replies]
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "unstreamed"])
+def test_a_call_cut_at_the_output_limit_is_answered_not_run(
+    nex_env: NexEnv, streamed: bool
+) -> None:
     """finish_reason "length" is not a cut stream: the server ended the answer at max_tokens,
     inside the call's arguments. The call is answered with a tool error, never repaired and run."""
     call = {"name": "bash", "arguments": '{"command": "echo ran > ran.txt; echo tru'}
     cut = {"tool_calls": [call], "finish_reason": "length"}
-    with stub_server({"replies": [cut], "default": {"content": ANSWER}}, strict=True) as srv:
+    script = {"replies": _unstreamed([cut], streamed), "default": {"content": ANSWER}}
+    with stub_server(script, strict=True) as srv:
         _ok(nex_env, _run(nex_env, srv.url))
         (result,) = _tool_results(srv.requests)
-        assert len(srv.requests) == 2
+        assert [bool(r.get("stream")) for r in srv.requests][-2] is streamed
     assert "arguments were truncated" in result and "output limit" in result
     assert not (nex_env.work / "ran.txt").exists()
+
+
+PARTIAL = "Step one: read the config. Step two: run the"
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "unstreamed"])
+def test_an_answer_cut_at_the_output_limit_is_not_a_finished_task(
+    nex_env: NexEnv, streamed: bool
+) -> None:
+    """A final answer that stopped at max_tokens: on stdout as it is, one warning line, exit 3
+    (a limit), journaled as a limit; the next turn tells the model, appended to the new user
+    message, with every earlier message sent exactly as before."""
+    cut = {"content": PARTIAL, "finish_reason": "length"}
+    script = {"replies": _unstreamed([cut], streamed), "default": {"content": ANSWER}}
+    with stub_server(script, strict=True) as srv:
+        result = _run(nex_env, srv.url)
+        _no_traceback(result)
+        assert result.code == 3, result.stderr
+        assert result.stdout == PARTIAL + "\n"
+        warnings = [line for line in result.stderr.splitlines() if "output limit" in line]
+        assert len(warnings) == 1 and warnings[0].startswith("warning:"), result.stderr
+        assert "incomplete" in warnings[0] and result.error_lines() == []
+        path = nex_env.home / "sessions" / "f" / "journal.jsonl"
+        end = json.loads(path.read_text().splitlines()[-1])
+        assert (end["status"], end["exit_reason"]) == ("limit", "output_limit")
+
+        # The next run of the session (a resume: the note must survive the process).
+        again = nex_env.run(
+            "-m", "local:stub-model", "-e", srv.url, "--context-window", "32768", "--chat", "f",
+            "--autonomous", "go on",
+        )  # fmt: skip
+        assert again.code == 0 and again.stdout == ANSWER + "\n", again.stderr
+        first, last = srv.requests[-2]["messages"], srv.requests[-1]["messages"]
+    assert last[: len(first)] == first  # earlier messages byte for byte as before
+    assert last[len(first)]["content"] == PARTIAL
+    note = last[-1]["content"]
+    assert note.startswith("go on\n\n[nex] Your previous answer was cut off at the output limit")
+    assert [m["role"] for m in last[len(first) :]] == ["assistant", "user"]
 
 
 def _ok(nex_env: NexEnv, result: Result) -> None:

@@ -169,3 +169,39 @@ def test_doctor_passes_on_each_stub_wire_format(nex_env: NexEnv) -> None:
         assert result.stdout.splitlines()[-1].startswith("verdict: usable")
     assert "4,096 tokens (from the server's /props)" in oai.stdout
     assert "(from Ollama /api/show" in oll.stdout
+
+
+# The integrity rule of an unstreamed body is per wire format (nexpy.integrity): an OpenAI
+# chat completion needs a finish_reason, Ollama's native /api/chat body `"done": true` — its
+# shape has no choices, and it must not be held to the OpenAI rule.
+@pytest.mark.parametrize("finished", [True, False], ids=["done", "not-done"])
+def test_ollama_unstreamed_body_is_judged_by_its_own_shape(nex_env: NexEnv, finished: bool) -> None:
+    answer = "Ollama answers whole"
+    second = {"content": answer} if finished else {"fault": "unfinished", "content": answer}
+    script = {"replies": [{"fault": "empty"}, second], "default": {"content": answer}}
+    with ollama_server(script) as srv:
+        result = nex_env.run(
+            "-m", "ollama:llama3.2", "-e", srv.url, "--context-window", "32768", "--autonomous",
+            "hi there",
+        )  # fmt: skip
+        streams = [r["stream"] for r in srv.requests]
+    assert result.code == 0, result.stderr
+    assert result.stdout == answer + "\n"
+    # done: the unstreamed retry is the answer; not done: a cut, asked again
+    assert streams == ([True, False] if finished else [True, False, False])
+
+
+def test_ollama_dead_kept_alive_connection_is_sent_again(nex_env: NexEnv) -> None:
+    # Ollama restarted between two turns: the pooled connection is dead (see test_faults).
+    dead = {"fault": "restarted"}
+    script = {"replies": [TOOL_ROUND["replies"][0], dead], "default": {"content": "done"}}
+    with ollama_server(script) as srv:
+        result = nex_env.run(
+            "-m", "ollama:llama3.2", "-e", srv.url, "--context-window", "32768", "--autonomous",
+            "hi there",
+        )  # fmt: skip
+        chats = [r for r in srv.records if r["path"] == "/api/chat"]
+    assert result.code == 0 and result.stdout == "done\n", result.stderr
+    assert "retrying" not in result.stderr
+    before, died, again = chats[-3:]
+    assert died["port"] == before["port"] and again["port"] != died["port"]

@@ -111,7 +111,10 @@ LOW = {
         "nexpy.coalesce",
         "nexpy.integrity",
         "nexpy.adapt",
+        "nexpy.rawtext",
     },
+    # Asking llama.cpp for raw text: the tools-in-prompt rule, nothing else (issue 13).
+    "nexpy.rawtext": {"nexpy.adapt", "nexpy.errors"},
     # The rules for templates that refuse: pure, they know no other nexpy module.
     "nexpy.adapt": set(),
     "nexpy.classify": {"nexpy.errors", "nexpy.integrity"},
@@ -166,6 +169,7 @@ IN_PROCESS_ONLY = {
     "nexpy.classify",
     "nexpy.reply",
     "nexpy.coalesce",
+    "nexpy.rawtext",
     "nexpy.budget",
     "nexpy.compaction",
     "nexpy.window",

@@ -444,3 +444,70 @@ async def test_a_burst_of_tokens_arrives_whole_in_few_pieces() -> None:
     assert reply.content == "".join(words) == "".join(pieces)
     # One piece per token would be 3,000 trips through litellm; what arrived together is merged.
     assert len(pieces) < len(words) / 10
+
+
+# -- the server's own output parser fails: raw text (issue 13) -----------------------------------
+PARSER_FAILURE = "The model produced output that does not match the expected peg-native format"
+RAW_CALL = '<tool_call>\n{"name": "bash", "arguments": {"command": "echo hi"}}\n</tool_call>'
+
+
+def _sse_error(message: str) -> httpx.Response:
+    # llama-server, streamed: a 200 whose first event is the error object
+    body = {"error": {"code": 500, "message": message, "type": "server_error"}}
+    return _stream(b"data: " + json.dumps(body).encode() + b"\n\n")
+
+
+@respx.mock
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "unstreamed"])
+async def test_parser_failure_asks_for_raw_text_after_the_retries(streamed: bool) -> None:
+    failure = _sse_error(PARSER_FAILURE) if streamed else _error(500, PARSER_FAILURE)
+    chat = respx.post(CHAT).mock(return_value=failure)
+    rendered = respx.post(BASE.removesuffix("/v1") + "/apply-template").mock(
+        return_value=httpx.Response(200, json={"prompt": "<rendered>"})
+    )
+    completion = {
+        "choices": [{"index": 0, "text": RAW_CALL, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13},
+    }
+    raw = respx.post(CHAT.replace("/chat/completions", "/completions")).mock(
+        return_value=httpx.Response(200, json=completion)
+    )
+    warnings: list[str] = []
+    model, sleeps = _model(on_warning=warnings.append)
+    reply, _ = await _complete(model, TOOLS)
+    assert chat.call_count == 4 and len(sleeps) == 3
+    assert [c["function"]["name"] for c in reply.tool_calls] == ["bash"]
+    assert reply.calls_from_text and reply.usage == {"prompt_tokens": 9, "completion_tokens": 4}
+    (warning,) = warnings
+    assert f"could not parse the model's output ({PARSER_FAILURE}) 4 times" in warning
+    # The template rendered the tools into the prompt: no tools field, no tool roles.
+    sent = json.loads(rendered.calls[0].request.content)
+    assert set(sent) == {"messages"} and "bash" in sent["messages"][0]["content"]
+    assert json.loads(raw.calls[0].request.content)["prompt"] == "<rendered>"
+    # From now on the model is asked for raw text at once: no more doomed chat requests.
+    await _complete(model, TOOLS)
+    assert chat.call_count == 4 and raw.call_count == 2 and len(warnings) == 1
+
+
+@respx.mock
+async def test_parser_failure_on_a_route_without_raw_text_ends_in_one_line() -> None:
+    respx.post("https://openrouter.ai/api/v1/chat/completions").mock(
+        return_value=_error(500, PARSER_FAILURE)
+    )
+    model, _ = _model(_plan("openrouter:m", None), on_warning=lambda _: None)
+    with pytest.raises(ProviderError) as info:
+        await _complete(model, TOOLS)
+    assert "could not parse the model's output" in str(info.value) and not model.raw_text
+
+
+@respx.mock
+async def test_parser_failure_on_a_server_without_raw_text_ends_in_one_line() -> None:
+    respx.post(CHAT).mock(return_value=_error(500, PARSER_FAILURE))
+    respx.post(BASE.removesuffix("/v1") + "/apply-template").mock(
+        return_value=httpx.Response(404, json={"detail": "Not Found"})
+    )
+    model, _ = _model(on_warning=lambda _: None)
+    with pytest.raises(ProviderError) as info:
+        await _complete(model, TOOLS)
+    assert "cannot give the raw text (no /apply-template" in info.value.line()
+    assert not info.value.retryable
