@@ -33,6 +33,8 @@ from nexpy.limits import Limits, LoopGuard, summary_prompt
 from nexpy.messages import INTERRUPTED, assistant, text_of, tool_result, user
 from nexpy.plan import SpawnPlan
 from nexpy.provider import LitellmModel
+from nexpy.reasoning import FIELD as REASONING_FIELD
+from nexpy.reasoning import Thought
 from nexpy.reply import Model, Reply
 from nexpy.session import Session
 from nexpy.toolcalls import parse_arguments
@@ -188,7 +190,8 @@ class Agent:
         shown: list[str] = []
 
         def stream(piece: str) -> None:
-            shown.append(piece)
+            if not isinstance(piece, Thought):  # an interrupted answer keeps only its text
+                shown.append(piece)
             if on_text is not None:
                 on_text(piece)
 
@@ -199,11 +202,13 @@ class Agent:
             if partial.strip():
                 self._record(assistant(partial + "\n[interrupted by the user]"))
             raise
+        if reply.reasoning:
+            self.emit("reasoning", content=reply.reasoning)
         if reply.content.strip() or reply.tool_calls:
-            self._record(
-                assistant(reply.content or None, reply.tool_calls or None),
-                final=not reply.tool_calls,
-            )
+            message = assistant(reply.content or None, reply.tool_calls or None)
+            if reply.reasoning:  # journaled with its turn; sent back where read (nexpy.reasoning)
+                message[REASONING_FIELD] = reply.reasoning
+            self._record(message, final=not reply.tool_calls)
         return reply
 
     async def _run_tools(self, calls: list[dict[str, Any]]) -> None:

@@ -24,6 +24,7 @@ EVENT_TYPES = frozenset(
         "session.started",
         "turn.started",
         "message",
+        "reasoning",
         "tool.call",
         "tool.result",
         "usage",
