@@ -63,6 +63,7 @@ class ThinkSplitter:
         self.bare_close = False  # a </think> without its <think>: the start was thinking
         self._held = ""
         self._strip = False  # the answer's whitespace right after </think> is not shown
+        self._tail = ""  # the answer's end, and whether it ever wrote "<think>" (as text)
 
     def feed(self, piece: str) -> list[str]:
         """The pieces to show for `piece`: answer text as ``str``, thinking as `Thought`."""
@@ -72,8 +73,14 @@ class ThinkSplitter:
         while text:
             tags = self._wanted()
             hits = [(at, tag) for tag in tags if (at := text.find(tag)) != -1]
-            # A think opens only before any answer text (a "<think>" later is just text).
-            hits = [(at, tag) for at, tag in hits if tag == CLOSE or not text[:at].strip()]
+            # A think opens only before any answer text (a "<think>" later is just text), and
+            # a close is bare only if the answer never wrote "<think>" (else it is its pair).
+            hits = [
+                (at, tag)
+                for at, tag in hits
+                if (tag == OPEN and not text[:at].strip())
+                or (tag == CLOSE and (self.inside or OPEN not in self._tail + text[:at]))
+            ]
             if not hits:
                 keep = max((_partial_suffix(text, tag) for tag in tags), default=0)
                 self._emit(out, text[: len(text) - keep])
@@ -126,6 +133,9 @@ class ThinkSplitter:
         else:
             self.answer.append(text)
             out.append(text)
+            if self._tail != OPEN:
+                seen = self._tail + text
+                self._tail = OPEN if OPEN in seen else seen[-(len(OPEN) - 1) :]
 
 
 def _partial_suffix(text: str, tag: str) -> int:
