@@ -8,6 +8,8 @@ it back only to a model whose template reads it.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import pytest
@@ -52,6 +54,7 @@ def test_thinking_never_reaches_stdout_and_is_journaled(
     assert run.code == 0, run.stderr
     assert run.stdout.strip() == ANSWER
     assert "think" not in run.stdout and "greeting" not in run.stdout + run.stderr
+    assert re.search(r"\(thought for ≈\d+ tokens\)", run.stderr)
     (turn,) = _assistant_turns(nex_env, "t")
     assert turn["content"] == ANSWER
     assert turn["reasoning_content"] == THOUGHT
@@ -120,3 +123,25 @@ def test_a_stream_cut_while_thinking_is_retried_and_the_answer_is_whole(
     assert "cut mid-answer" in run.stderr
     (turn,) = _assistant_turns(nex_env, "c")
     assert turn["reasoning_content"] == THOUGHT  # the last attempt's, not two of them
+
+
+def test_doctor_reports_what_it_knows_of_the_template(nex_env: NexEnv) -> None:
+    """`nex doctor`: the rules learned for this endpoint and model, and the template /props
+    publishes (the stub's has no tools and does not read the thinking)."""
+    with stub_server({"default": {"echo": True}}, window=4096) as srv:
+        store = nex_env.home / "adaptations.json"
+        store.parent.mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps({f"{srv.url} Qwen3-8B": ["single-tool-call"]}))
+        run = nex_env.run("doctor", "-m", "local:Qwen3-8B", "-e", srv.url)
+    rows = {
+        m.group(1): m.group(2)
+        for line in run.stdout.splitlines()
+        if (m := re.match(r"\s+info\s+(\S+(?: \S+)?)\s{2,}(.*)", line))
+    }
+    assert rows["template"].endswith("characters from /props"), run.stdout
+    assert rows["parallel calls"] == "one call per turn (learned: single-tool-call)"
+    assert rows["system role"] == "supported (the published template)"
+    assert rows["tool support"] == "tools described in the prompt (so the published template says)"
+    assert rows["tool-call ids"] == "any (the published template)"
+    assert rows["reasoning"].startswith("sent back on assistant turns")
+    assert "the published template does not read it" in rows["reasoning"]
