@@ -64,6 +64,7 @@ class ThinkSplitter:
         self._held = ""
         self._strip = False  # the answer's whitespace right after </think> is not shown
         self._tail = ""  # the answer's end, and whether it ever wrote "<think>" (as text)
+        self._answering = False  # answer text other than whitespace has come
 
     def feed(self, piece: str) -> list[str]:
         """The pieces to show for `piece`: answer text as ``str``, thinking as `Thought`."""
@@ -72,6 +73,9 @@ class ThinkSplitter:
         out: list[str] = []
         while text:
             tags = self._wanted()
+            if not tags or "<" not in text:  # no tag, nor the start of one: the common case
+                self._emit(out, text)
+                break
             hits = [(at, tag) for tag in tags if (at := text.find(tag)) != -1]
             # A think opens only before any answer text (a "<think>" later is just text), and
             # a close is bare only if the answer never wrote "<think>" (else it is its pair).
@@ -95,7 +99,7 @@ class ThinkSplitter:
             elif not self.inside:  # a bare close: all before it was thought
                 self.bare_close = True
                 self.thought[:0] = self.answer
-                self.answer = []
+                self.answer, self._answering = [], False
             self.inside = tag == OPEN
             self._strip = not self.inside
         return out
@@ -117,7 +121,7 @@ class ThinkSplitter:
         if self.tags:
             return ()
         # Before any answer text a think may open; a bare close may come at any point.
-        return (OPEN, CLOSE) if not "".join(self.answer).strip() else (CLOSE,)
+        return (CLOSE,) if self._answering else (OPEN, CLOSE)
 
     def _emit(self, out: list[str], text: str) -> None:
         if self._strip and not self.inside:
@@ -133,6 +137,7 @@ class ThinkSplitter:
         else:
             self.answer.append(text)
             out.append(text)
+            self._answering = self._answering or bool(text.strip())
             if self._tail != OPEN:
                 seen = self._tail + text
                 self._tail = OPEN if OPEN in seen else seen[-(len(OPEN) - 1) :]
