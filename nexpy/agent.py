@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -34,7 +33,7 @@ from nexpy.messages import INTERRUPTED, assistant, text_of, tool_result, user
 from nexpy.plan import SpawnPlan
 from nexpy.provider import LitellmModel
 from nexpy.reasoning import FIELD as REASONING_FIELD
-from nexpy.reasoning import Thought
+from nexpy.reasoning import Thought, template_reads_reasoning
 from nexpy.reply import Model, Reply
 from nexpy.session import Session
 from nexpy.toolcalls import parse_arguments
@@ -379,9 +378,19 @@ def build_model(plan: SpawnPlan, emitter: Emitter, session: Session | None = Non
 
 def create(plan: SpawnPlan, session: Session, emitter: Emitter, opts: HandlerOptions) -> Agent:
     """The `nex` handler: this module's loop on a litellm (or embedded) model."""
+    model = build_model(plan, emitter, session)
+
+    async def window() -> Window:
+        found = await discover(plan)
+        # Asked before the first request: a published template that reads the thinking keeps
+        # it in history from the start (nexpy.reasoning), whatever the model is called.
+        if found.template and isinstance(model, LitellmModel):
+            model.keeps_reasoning |= template_reads_reasoning(found.template)
+        return found
+
     return Agent(
-        build_model(plan, emitter, session),
-        window=functools.partial(discover, plan),
+        model,
+        window=window,
         session=session,
         emitter=emitter,
         tools=all_tools(read_only=opts.read_only),

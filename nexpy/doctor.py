@@ -481,19 +481,15 @@ def template_rows(plan: SpawnPlan, template: str | None, home: Path | None = Non
             return f"{adapted} (so the published template says)"
         return f"{native} (the published template)"
 
-    # nex decides by the model's name (nexpy.reasoning); the published template may disagree.
-    keeps = reasoning.keeps_reasoning(plan.model)
-    thinking = (
-        "sent back on assistant turns as reasoning_content (a family whose template reads it)"
-        if keeps
-        else "left out of history (not a family whose template reads it)"
-    )
-    if template is not None and reasoning.template_reads_reasoning(template) != keeps:
-        thinking += (
-            "; but the published template does"
-            + ("" if not keeps else " not")
-            + " read it (is the model named after its family?)"
-        )
+    # As nex decides (nexpy.reasoning): the published template, else the model's family.
+    if template is not None and reasoning.template_reads_reasoning(template):
+        thinking = "sent back on assistant turns as reasoning_content (the template reads it)"
+    elif reasoning.keeps_reasoning(plan.model):
+        thinking = "sent back on assistant turns as reasoning_content (a family that reads it)"
+    elif template is not None:
+        thinking = "left out of history (the published template does not read it)"
+    else:
+        thinking = "left out of history (not a family whose template reads it)"
     rows = [
         Row(
             "template",

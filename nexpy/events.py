@@ -114,7 +114,7 @@ class ProgressSink:
         elif kind == "message" and event.get("role") == "assistant" and not event.get("final"):
             line = event["content"].strip() or None  # the final answer goes to stdout instead
         elif kind == "reasoning":
-            line = f"(thought for ≈{tokens([event['content']]):,} tokens)"
+            line = f"(thought for ≈{tokens(len(event['content'])):,} tokens)"
         elif kind == "session.ended":
             line = (
                 f"— session {event['session']}: {event['status']} after {event['turns']} turns, "

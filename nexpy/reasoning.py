@@ -20,7 +20,6 @@ a conversation's earlier turns are sent the same bytes every time.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from typing import Any
 
 OPEN, CLOSE = "<think>", "</think>"
@@ -195,6 +194,6 @@ def _without(message: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in message.items() if k != FIELD}
 
 
-def tokens(pieces: Iterable[str]) -> int:
-    """A rough token count of streamed text (4 characters a token), for a progress line."""
-    return (sum(len(p) for p in pieces) + 3) // 4
+def tokens(chars: int) -> int:
+    """A rough token count of `chars` characters of thinking (4 a token), for a progress line."""
+    return (chars + 3) // 4

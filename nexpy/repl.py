@@ -180,7 +180,7 @@ class Terminal:
         self.at_line_start = True
         self.pending = ""  # streamed text of the current line not yet written above the prompt
         self._streamed: list[str] = []  # answer pieces written since the last progress line
-        self.thought: list[str] = []  # the model's thinking so far: a live line, then a summary
+        self.thought = 0  # characters of thinking so far: a live line, then a summary
 
     def _app(self) -> Application[Any] | None:
         app = self.live() if self.live is not None else None
@@ -222,7 +222,7 @@ class Terminal:
         if not piece:
             return
         if isinstance(piece, Thought):
-            self.thought.append(piece)
+            self.thought += len(piece)
             app = self._app()
             if app is not None:
                 app.invalidate()  # the prompt redraws the "thinking…" line
@@ -262,7 +262,7 @@ class Terminal:
         """The thinking is over: its live line collapses into one dim summary line."""
         if self.thought:
             summary = f"(thought for ≈{tokens(self.thought):,} tokens)"
-            self.thought = []
+            self.thought = 0
             self.note(f"\x1b[2m{summary}\x1b[0m" if self.err.isatty() else summary)
 
     def note(self, text: str) -> None:
@@ -274,7 +274,7 @@ class Terminal:
 
     def begin_answer(self) -> None:
         """A message was sent: its answer starts on a fresh line."""
-        self.thought = []
+        self.thought = 0
         self.break_line()
         self._streamed.clear()
 

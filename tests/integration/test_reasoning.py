@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -143,5 +144,25 @@ def test_doctor_reports_what_it_knows_of_the_template(nex_env: NexEnv) -> None:
     assert rows["system role"] == "supported (the published template)"
     assert rows["tool support"] == "tools described in the prompt (so the published template says)"
     assert rows["tool-call ids"] == "any (the published template)"
-    assert rows["reasoning"].startswith("sent back on assistant turns")
-    assert "the published template does not read it" in rows["reasoning"]
+    assert rows["reasoning"].endswith("(a family that reads it)")
+
+
+def test_a_published_template_that_reads_thinking_gets_it_back_whatever_the_name(
+    nex_env: NexEnv, tmp_path: Path
+) -> None:
+    """llama.cpp publishes its template in /props: one that reads reasoning_content gets it,
+    even for a model whose name says no family."""
+    template = tmp_path / "reads.jinja"
+    template.write_text(
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.reasoning_content or '' }}"
+        "{{ m.content or '' }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    script = {"replies": [{"reasoning": THOUGHT, "content": ANSWER}], "default": {"echo": True}}
+    with stub_server(script, window=4096, template=template) as srv:
+        first = _run(nex_env, srv.url, "--chat", "p", "hi", model="local:my-model")
+        second = _run(nex_env, srv.url, "--chat", "p", "again", model="local:my-model")
+        assert (first.code, second.code) == (0, 0), first.stderr + second.stderr
+        prompt = srv.prompts[-1]
+        (sent,) = [m for m in srv.requests[-1]["messages"] if m["role"] == "assistant"]
+    assert sent["reasoning_content"] == THOUGHT
+    assert prompt is not None and f"<|assistant|>{THOUGHT}{ANSWER}" in prompt
