@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +32,8 @@ from nexpy.limits import Limits, LoopGuard, summary_prompt
 from nexpy.messages import INTERRUPTED, assistant, text_of, tool_result, user
 from nexpy.plan import SpawnPlan
 from nexpy.provider import LitellmModel
+from nexpy.reasoning import FIELD as REASONING_FIELD
+from nexpy.reasoning import Thought, template_reads_reasoning
 from nexpy.reply import Model, Reply
 from nexpy.session import Session
 from nexpy.toolcalls import parse_arguments
@@ -204,7 +205,8 @@ class Agent:
         shown: list[str] = []
 
         def stream(piece: str) -> None:
-            shown.append(piece)
+            if not isinstance(piece, Thought):  # an interrupted answer keeps only its text
+                shown.append(piece)
             if on_text is not None:
                 on_text(piece)
 
@@ -215,11 +217,13 @@ class Agent:
             if partial.strip():
                 self._record(assistant(partial + "\n[interrupted by the user]"))
             raise
+        if reply.reasoning:
+            self.emit("reasoning", content=reply.reasoning)
         if reply.content.strip() or reply.tool_calls:
-            self._record(
-                assistant(reply.content or None, reply.tool_calls or None),
-                final=not reply.tool_calls,
-            )
+            message = assistant(reply.content or None, reply.tool_calls or None)
+            if reply.reasoning:  # journaled with its turn; sent back where read (nexpy.reasoning)
+                message[REASONING_FIELD] = reply.reasoning
+            self._record(message, final=not reply.tool_calls)
         return reply
 
     async def _run_tools(self, calls: list[dict[str, Any]]) -> None:
@@ -402,9 +406,19 @@ def build_model(plan: SpawnPlan, emitter: Emitter, session: Session | None = Non
 
 def create(plan: SpawnPlan, session: Session, emitter: Emitter, opts: HandlerOptions) -> Agent:
     """The `nex` handler: this module's loop on a litellm (or embedded) model."""
+    model = build_model(plan, emitter, session)
+
+    async def window() -> Window:
+        found = await discover(plan)
+        # Asked before the first request: a published template that reads the thinking keeps
+        # it in history from the start (nexpy.reasoning), whatever the model is called.
+        if found.template and isinstance(model, LitellmModel):
+            model.keeps_reasoning |= template_reads_reasoning(found.template)
+        return found
+
     return Agent(
-        build_model(plan, emitter, session),
-        window=functools.partial(discover, plan),
+        model,
+        window=window,
         session=session,
         emitter=emitter,
         tools=all_tools(read_only=opts.read_only),

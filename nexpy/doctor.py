@@ -2,9 +2,11 @@
 
 Each check is a row (what, status, detail): reachability, whether the model is served, a tiny
 completion, streaming, a tool-call round trip, whether the server rejects two user turns in a
-row (informational: nex never sends them), the context window and where it came from, and the
-latencies seen. The table goes to stdout, then one verdict line; the exit code is 0 when nex can
-work with the endpoint and 1 when it cannot, and the verdict then names what to fix.
+row (informational: nex never sends them), the context window and where it came from, what is
+known of the chat template (the adaptations nex learned for this endpoint and model, and the
+template itself where the server publishes it: llama.cpp's /props), and the latencies seen. The
+table goes to stdout, then one verdict line; the exit code is 0 when nex can work with the
+endpoint and 1 when it cannot, and the verdict then names what to fix.
 
 For `claude:` and `codex:` models the handler module runs its own checks
 (`handlers.<name>.doctor(plan) -> list[(what, ok, detail)]`).
@@ -180,6 +182,7 @@ class _Checks:
             return self.rows
         self._model_served()
         await self._window()
+        self.rows.extend(template_rows(self.plan, await self._chat_template()))
         steps: list[Callable[[], Awaitable[bool]]] = [
             self._completion,
             self._streaming,
@@ -301,6 +304,21 @@ class _Checks:
                 hint="pass --context-window N",
             )
         )
+
+    async def _chat_template(self) -> str | None:
+        """The chat template the server publishes (llama.cpp's /props), or None."""
+        if self._ollama:
+            return None
+        endpoint = (self.plan.endpoint or "").rstrip("/")
+        root = endpoint.removesuffix("/v1")
+        try:
+            async with self._client() as client:
+                response = await client.get(f"{root}/props")
+            body = response.json() if response.status_code == 200 else None
+        except Exception:
+            return None  # only a probe: most servers publish no template
+        template = body.get("chat_template") if isinstance(body, dict) else None
+        return template if isinstance(template, str) and template.strip() else None
 
     async def _overflow_probe(self) -> int | None:
         """llama-cpp-python publishes its n_ctx nowhere but in the error for a prompt that does
@@ -434,6 +452,77 @@ class _Checks:
             )
             return
         self.rows.append(Row("user turns", INFO, "two in a row are accepted"))
+
+
+def template_rows(plan: SpawnPlan, template: str | None, home: Path | None = None) -> list[Row]:
+    """What is known of the chat template at the plan's endpoint, a row per question: the
+    adaptations nex learned there (nexpy.adapt, kept in the state dir), else what the template's
+    source says (its own refusal texts, whether it reads tools and thinking), else unknown."""
+    from nexpy import adapt, reasoning
+    from nexpy.agent import ADAPTATIONS_FILE
+    from nexpy.session import state_home
+
+    where = plan.endpoint or plan.spec.route.prefix
+    store = adapt.LearnedStore((home or state_home()) / ADAPTATIONS_FILE)
+    learned = set(store.get(where, plan.model))
+
+    def fact(name: str, adapted: str, native: str) -> str:
+        if name in learned:
+            return f"{adapted} (learned: {name})"
+        if template is None:
+            return f"{native} unless the server refuses it (no template published; nothing learned)"
+        # The template's own refusal texts tell; for tools, whether it reads them at all (its
+        # alternation check is no refusal of tools).
+        if name == "tools-in-prompt":
+            refuses = "tools" not in template
+        else:
+            refuses = adapt.rule(name).answers(template)
+        if refuses:
+            return f"{adapted} (so the published template says)"
+        return f"{native} (the published template)"
+
+    # As nex decides (nexpy.reasoning): the published template, else the model's family.
+    if template is not None and reasoning.template_reads_reasoning(template):
+        thinking = "sent back on assistant turns as reasoning_content (the template reads it)"
+    elif reasoning.keeps_reasoning(plan.model):
+        thinking = "sent back on assistant turns as reasoning_content (a family that reads it)"
+    elif template is not None:
+        thinking = "left out of history (the published template does not read it)"
+    else:
+        thinking = "left out of history (not a family whose template reads it)"
+    rows = [
+        Row(
+            "template",
+            INFO,
+            f"{len(template):,} characters from /props" if template else "not published",
+        ),
+        Row(
+            "system role",
+            INFO,
+            fact("system-in-user", "not supported: into the first user turn", "supported"),
+        ),
+        Row(
+            "parallel calls",
+            INFO,
+            fact("single-tool-call", "one call per turn", "several per turn"),
+        ),
+        Row(
+            "tool support",
+            INFO,
+            fact("tools-in-prompt", "tools described in the prompt", "native tool calls"),
+        ),
+        Row("tool-call ids", INFO, fact("short-tool-ids", "9 alphanumerics", "any")),
+        Row("reasoning", INFO, thinking),
+    ]
+    if learned & {"content-string", "assistant-between"}:
+        rows.append(
+            Row(
+                "other rules",
+                INFO,
+                ", ".join(sorted(learned & {"content-string", "assistant-between"})),
+            )
+        )
+    return rows
 
 
 def _own_hint(hint: str) -> str:

@@ -3,6 +3,9 @@
 An `Emitter` stamps each event with `type`, `session` and `ts` and hands it to its sinks:
 `JsonSink` writes one JSON object per line to stdout (`--json`); `ProgressSink` renders tool
 activity, warnings and errors as short lines on stderr for a person.
+
+`reasoning` {content}: a reasoning model's thinking in one model turn (nexpy.reasoning), emitted
+before that turn's `message` (or its tool calls); never part of a `message`'s content.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from nexpy.credentials import redact_any
+from nexpy.reasoning import tokens
 
 Event = dict[str, Any]
 Sink = Callable[[Event], None]
@@ -24,6 +28,7 @@ EVENT_TYPES = frozenset(
         "session.started",
         "turn.started",
         "message",
+        "reasoning",
         "tool.call",
         "tool.result",
         "usage",
@@ -108,6 +113,8 @@ class ProgressSink:
             line = f"warning: {event['message']}"
         elif kind == "message" and event.get("role") == "assistant" and not event.get("final"):
             line = event["content"].strip() or None  # the final answer goes to stdout instead
+        elif kind == "reasoning":
+            line = f"(thought for ≈{tokens(len(event['content'])):,} tokens)"
         elif kind == "session.ended":
             line = (
                 f"— session {event['session']}: {event['status']} after {event['turns']} turns, "

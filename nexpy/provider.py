@@ -18,7 +18,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from nexpy import adapt, litellm_setup
+from nexpy import adapt, litellm_setup, reasoning
 from nexpy.classify import classify, stalled
 from nexpy.errors import BadRequestError, ConfigError, ProviderError, UnparsedOutput
 from nexpy.integrity import check_stream
@@ -83,6 +83,10 @@ class LitellmModel:
         # The server's output parser failed on this model after every retry: from then on,
         # ask for raw text (nexpy.rawtext) rather than send requests it will refuse again.
         self.raw_text = False
+        # Thinking goes back in history only to a template that reads it (nexpy.reasoning);
+        # a model seen streaming a bare </think> starts its next streams inside a think.
+        self.keeps_reasoning = reasoning.keeps_reasoning(plan.model)
+        self.inside_think = False
 
     def request_kwargs(
         self,
@@ -221,11 +225,11 @@ class LitellmModel:
         lm = litellm_setup.loaded()
         if lm is None:
             lm = await asyncio.to_thread(litellm_setup.litellm)
+        sent_messages, sent_tools = reasoning.for_history(messages, self.keeps_reasoning), tools
         if self.raw_text:
-            return await self._raw_attempt(messages, tools, on_text, max_tokens)
-        sent_messages, sent_tools = messages, tools
+            return await self._raw_attempt(sent_messages, tools, on_text, max_tokens)
         if self.adaptations:
-            body = adapt.apply(self.adaptations, {"messages": messages, "tools": tools})
+            body = adapt.apply(self.adaptations, {"messages": sent_messages, "tools": tools})
             sent_messages, sent_tools = body["messages"], body.get("tools")
         kwargs = self.request_kwargs(
             sent_messages, sent_tools, stream=stream, max_tokens=max_tokens
@@ -242,7 +246,7 @@ class LitellmModel:
             raise stalled(self.where, self.idle_timeout, mid_answer=False) from None
         # The tools offered, even when the request carried them in its prompt (tools-in-prompt):
         # calls the model writes as text are recovered by name.
-        reader = ReplyReader(tools, on_text)
+        reader = ReplyReader(tools, on_text, inside_think=self.inside_think)
         if not stream:
             reader.add(response)
             return reader.reply(self.where, "application/json")
@@ -264,7 +268,9 @@ class LitellmModel:
         headers = getattr(response, "_response_headers", None) or {}
         if reader.answered:  # an empty stream is its own case (EmptyReply)
             check_stream(response, self.where)  # nexpy.integrity: the server ended it, or a cut
-        return reader.reply(self.where, str(headers.get("content-type", "")))
+        reply = reader.reply(self.where, str(headers.get("content-type", "")))
+        self.inside_think = self.inside_think or reader.think.bare_close
+        return reply
 
     async def _raw_attempt(
         self,

@@ -54,6 +54,7 @@ from nexpy.mentions import PathCompleter, include_files
 from nexpy.notify import answer_ready
 from nexpy.outcome import outcome_of
 from nexpy.plan import SpawnPlan
+from nexpy.reasoning import Thought, tokens
 from nexpy.runtime import Run, RunOptions, cancel_on, print_traceback
 from nexpy.session import copy_session, list_sessions, private_dir, state_home, validate_name
 from nexpy.tools.diffs import colored
@@ -179,6 +180,7 @@ class Terminal:
         self.at_line_start = True
         self.pending = ""  # streamed text of the current line not yet written above the prompt
         self._streamed: list[str] = []  # answer pieces written since the last progress line
+        self.thought = 0  # characters of thinking so far: a live line, then a summary
 
     def _app(self) -> Application[Any] | None:
         app = self.live() if self.live is not None else None
@@ -216,9 +218,16 @@ class Terminal:
         self._above(write, rows_above_cursor(text, shutil.get_terminal_size().columns))
 
     def text(self, piece: str) -> None:
-        """One streamed piece of the answer, shown at once."""
+        """One streamed piece of the answer, shown at once (thinking: counted on a live line)."""
         if not piece:
             return
+        if isinstance(piece, Thought):
+            self.thought += len(piece)
+            app = self._app()
+            if app is not None:
+                app.invalidate()  # the prompt redraws the "thinking…" line
+            return
+        self.end_thinking()
         self._streamed.append(piece)
         self.at_line_start = piece.endswith("\n")
         self.pending += piece
@@ -245,19 +254,33 @@ class Terminal:
         self._write(self.out, text.rstrip("\n") + "\n")
         self._streamed.clear()
 
+    def thinking(self) -> str:
+        """The live line while the model thinks ("" when it is not thinking)."""
+        return f"thinking… ≈{tokens(self.thought):,} tokens" if self.thought else ""
+
+    def end_thinking(self) -> None:
+        """The thinking is over: its live line collapses into one dim summary line."""
+        if self.thought:
+            summary = f"(thought for ≈{tokens(self.thought):,} tokens)"
+            self.thought = 0
+            self.note(f"\x1b[2m{summary}\x1b[0m" if self.err.isatty() else summary)
+
     def note(self, text: str) -> None:
         """Progress, warnings and errors, on stderr, each on a line of its own."""
+        self.end_thinking()
         self.break_line()
         self._write(self.err, text if text.endswith("\n") else text + "\n")
         self._streamed.clear()
 
     def begin_answer(self) -> None:
         """A message was sent: its answer starts on a fresh line."""
+        self.thought = 0
         self.break_line()
         self._streamed.clear()
 
     def finish_answer(self, answer: str) -> None:
         """Show the complete answer: re-render its markdown once, or leave the raw stream."""
+        self.end_thinking()
         streamed = "".join(self._streamed)
         self._streamed.clear()
         if not answer.strip():
@@ -404,7 +427,11 @@ class Repl:
             # is dropped by prompt-toolkit (one completion at a time).
             complete_while_typing=False,
             style=Style.from_dict(
-                {"prompt": "bold", "bottom-toolbar.queued": "noreverse dim italic"}
+                {
+                    "prompt": "bold",
+                    "bottom-toolbar.queued": "noreverse dim italic",
+                    "thinking": "dim italic",
+                }
             ),
             input=self.stdin,
         )
@@ -533,6 +560,9 @@ class Repl:
         """The prompt, below the unfinished line of a streaming answer."""
         pending = self.terminal.pending
         if not pending:
+            thinking = self.terminal.thinking()
+            if thinking:
+                return [("class:thinking", thinking + "\n"), ("class:prompt", PROMPT)]
             return [("class:prompt", PROMPT)]
         width = self.prompt.app.output.get_size().columns
         return [("", wrap_cells(pending, width) + "\n"), ("class:prompt", PROMPT)]

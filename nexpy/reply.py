@@ -2,8 +2,8 @@
 
 `Reply` is a complete answer; `Model` is what the agent loop needs from a model. `ReplyReader`
 accumulates one attempt's chunks (native tool calls, and calls a model wrote as text, recovered
-only for offered tools); `Dedup` forwards streamed text so a retried attempt never shows again
-what an earlier one already showed.
+only for offered tools; the model's thinking apart from its answer, nexpy.reasoning); `Dedup`
+forwards streamed text so a retried attempt never shows again what an earlier one already showed.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from nexpy.errors import ProviderError, TransientError
+from nexpy.reasoning import ThinkSplitter, Thought, delta_reasoning
 from nexpy.toolcalls import TextCallExtractor, ToolCallAssembler, field_of, tool_parameters
 
+# Streamed pieces: the answer's as str, the model's thinking as nexpy.reasoning.Thought.
 TextCallback = Callable[[str], None]
 
 
@@ -27,6 +29,7 @@ class Reply:
     usage: dict[str, int] | None = None
     finish_reason: str | None = None
     calls_from_text: bool = False  # the calls were written as text and recovered by nex
+    reasoning: str = ""  # the model's thinking, never part of `content`
 
 
 class Model(Protocol):
@@ -56,13 +59,31 @@ class Dedup:
     A retry that repeats the shown text stays silent until it passes it. One that diverges
     (a sampling model rarely repeats itself) cannot unshow the old text, so it says so once
     and shows its own answer from the start; the journal keeps only the last attempt's text.
-    Each piece costs its own length, not the answer's: a long stream stays linear.
+    Each piece costs its own length, not the answer's: a long stream stays linear. Thinking
+    (`Thought` pieces) and answer are compared each with its own kind, so a retry is matched
+    part by part and a piece is never shown as the other kind.
     """
 
     RESTART = "\n[nex: the retried answer differs; it starts again here]\n"
 
     def __init__(self, sink: TextCallback) -> None:
+        self.answer = _Track(sink, str)
+        self.thought = _Track(sink, Thought)
+
+    def new_attempt(self) -> None:
+        self.answer.new_attempt()
+        self.thought.new_attempt()
+
+    def __call__(self, piece: str) -> None:
+        (self.thought if isinstance(piece, Thought) else self.answer)(piece)
+
+
+class _Track:
+    """Dedup for one kind of text: what was shown of it, and this attempt's so far."""
+
+    def __init__(self, sink: TextCallback, kind: Callable[[str], str]) -> None:
         self.sink = sink
+        self.kind = kind
         self.shown: list[str] = []  # what the user has seen, in pieces
         self.shown_len = 0
         self.attempt: list[str] = []  # this attempt's text, in pieces
@@ -88,23 +109,34 @@ class Dedup:
         else:
             text = "".join(self.attempt)
             self.shown, self.shown_len = [text], len(text)
-            self.sink(self.RESTART + text)
+            self.sink(self.kind(Dedup.RESTART + text))
 
     def _show(self, fresh: str) -> None:
         if fresh:
             self.shown.append(fresh)
             self.shown_len += len(fresh)
-            self.sink(fresh)
+            self.sink(self.kind(fresh))
 
 
 class ReplyReader:
     """Accumulates one reply from stream chunks (or one non-streamed response)."""
 
-    def __init__(self, tools: list[dict[str, Any]] | None, on_text: TextCallback) -> None:
+    def __init__(
+        self,
+        tools: list[dict[str, Any]] | None,
+        on_text: TextCallback,
+        *,
+        inside_think: bool = False,
+    ) -> None:
         self.on_text = on_text
         self.native = ToolCallAssembler()
         # Calls written as text are only recovered when tools were offered, and only by name.
-        self.text_calls = TextCallExtractor(tool_parameters(tools)) if tools else None
+        self.parameters = tool_parameters(tools) if tools else None
+        self.text_calls = TextCallExtractor(self.parameters) if self.parameters else None
+        # Inline <think> in the content (a server that does not parse it); `inside_think`: the
+        # model's template opens the think in the prompt, so its stream starts inside one.
+        self.think = ThinkSplitter(inside=inside_think)
+        self.thought: list[str] = []  # reasoning_content / reasoning fields
         self.raw: list[str] = []
         self.usage: dict[str, int] | None = None
         self.finish: str | None = None
@@ -121,29 +153,54 @@ class ReplyReader:
         for choice in field_of(chunk, "choices") or []:
             delta = field_of(choice, "delta") or field_of(choice, "message")
             piece = field_of(delta, "content")
+            thought = delta_reasoning(delta, field_of)
             calls = field_of(delta, "tool_calls") or []
-            if piece is not None or calls or field_of(delta, "role"):
-                self.answered = True
+            if piece is not None or thought is not None or calls or field_of(delta, "role"):
+                self.answered = True  # a stream cut while thinking is a cut, not an empty reply
+            if thought:
+                self.thought.append(thought)
+                self.on_text(Thought(thought))
             if piece:
-                self.raw.append(piece)
-                self.on_text(self.text_calls.feed(piece) if self.text_calls else piece)
+                self._content(self.think.feed(piece))
             for call in calls:
                 self.native.add(call)
             self.finish = field_of(choice, "finish_reason") or self.finish
 
+    def _content(self, pieces: list[str]) -> None:
+        for piece in pieces:
+            if isinstance(piece, Thought):
+                self.on_text(piece)
+            else:
+                self.raw.append(piece)
+                self.on_text(self.text_calls.feed(piece) if self.text_calls else piece)
+
     def reply(self, where: str, content_type: str) -> Reply:
         if not self.answered:
             raise empty_reply_error(where, content_type)
+        self._content(self.think.finish())
+        text_calls = self.text_calls
+        if self.think.bare_close or self.think.started_inside:
+            # What was streamed as answer was (or was not) thinking after all: read the
+            # corrected answer again, calls included.
+            self.raw = list(self.think.answer)
+            text_calls = TextCallExtractor(self.parameters) if self.parameters else None
+            if text_calls is not None:
+                text_calls.feed("".join(self.raw))
         content = "".join(self.raw)
         calls = self.native.finish()
         from_text = False
-        if self.text_calls is not None:
-            self.on_text(self.text_calls.finish())
-            content = self.text_calls.visible
-            if not calls and self.text_calls.calls:
-                calls, from_text = self.text_calls.calls, True
+        if text_calls is not None:
+            rest = text_calls.finish()
+            if text_calls is self.text_calls:
+                self.on_text(rest)
+            content = text_calls.visible
+            if not calls and text_calls.calls:
+                calls, from_text = text_calls.calls, True
                 content = content.strip()
-        return Reply(content, calls, self.usage, self.finish, calls_from_text=from_text)
+        reasoning = "".join(self.thought) + "".join(self.think.thought)
+        return Reply(
+            content, calls, self.usage, self.finish, calls_from_text=from_text, reasoning=reasoning
+        )
 
 
 def empty_reply_error(where: str, content_type: str) -> ProviderError:

@@ -38,6 +38,7 @@ class Window:
     tokens: int
     source: str
     warning: str | None = None
+    template: str | None = None  # the chat template, where the server publishes it (/props)
 
 
 async def discover(plan: SpawnPlan, *, timeout: float = PROBE_TIMEOUT) -> Window:
@@ -112,7 +113,9 @@ def _from_props(body: Any) -> Window | None:
     settings = body.get("default_generation_settings")
     n_ctx = _positive(settings.get("n_ctx")) if isinstance(settings, dict) else None
     n_ctx = n_ctx or _positive(body.get("n_ctx"))
-    return Window(n_ctx, "the server's /props") if n_ctx else None
+    template = body.get("chat_template")
+    template = template if isinstance(template, str) and template.strip() else None
+    return Window(n_ctx, "the server's /props", template=template) if n_ctx else None
 
 
 def _from_models(body: Any, model: str) -> Window | None:

@@ -191,6 +191,7 @@ class _Answer:
             content = reply.get("content")
             self.content = None if content is None else str(content)
         self.reasoning: str | None = reply.get("reasoning")
+        self.reasoning_field: str = reply.get("reasoning_field") or "reasoning_content"
         self.tool_calls: list[dict[str, Any]] = []
         for call in reply.get("tool_calls") or ():
             args = call.get("arguments", {})
@@ -235,7 +236,7 @@ class _Answer:
     def message(self) -> dict[str, Any]:
         msg: dict[str, Any] = {"role": "assistant", "content": self.content}
         if self.reasoning is not None:
-            msg["reasoning_content"] = self.reasoning
+            msg[self.reasoning_field] = self.reasoning
         if self.tool_calls:
             msg["tool_calls"] = self.tool_calls
         return msg
@@ -251,7 +252,8 @@ class _Answer:
             ({"role": "assistant", "content": ""}, None)
         ]
         if self.reasoning:
-            out += [({"reasoning_content": p}, None) for p in self._pieces(self.reasoning)]
+            field = self.reasoning_field
+            out += [({field: p}, None) for p in self._pieces(self.reasoning)]
         if self.content:
             out += [({"content": p}, None) for p in self._pieces(self.content)]
         for i, call in enumerate(self.tool_calls):

@@ -42,7 +42,10 @@ REPLY_KEYS = frozenset(
     {
         "content",  # the answer text
         "echo",  # answer "echo: <text of the last user message>"
-        "reasoning",  # reasoning_content, streamed before the content
+        "reasoning",  # the model's thinking, streamed before the content
+        # the field it goes in: "reasoning_content" (llama.cpp, vLLM; the default) or
+        # "reasoning" (OpenRouter); inline <think> tags are just content (chunk_size splits them)
+        "reasoning_field",
         "tool_calls",  # [{"name", "arguments" (dict or raw string), "id"?}]
         "finish_reason",  # override the finish reason ("length", ...)
         "usage",  # override (merged into) the usage object
@@ -72,6 +75,9 @@ def _check_reply(reply: Any, where: str) -> dict[str, Any]:
     fault = reply.get("fault")
     if fault is not None and fault not in FAULTS:
         raise ValueError(f"{where}: unknown fault {fault!r} (known: {', '.join(FAULTS)})")
+    field = reply.get("reasoning_field")
+    if field is not None and field not in ("reasoning_content", "reasoning"):
+        raise ValueError(f"{where}: reasoning_field must be reasoning_content or reasoning")
     barrier = reply.get("barrier")
     if barrier is not None and (not isinstance(barrier, int) or barrier < 1):
         raise ValueError(f"{where}: barrier must be a positive whole number")

@@ -112,13 +112,16 @@ LOW = {
         "nexpy.integrity",
         "nexpy.adapt",
         "nexpy.rawtext",
+        "nexpy.reasoning",
     },
     # Asking llama.cpp for raw text: the tools-in-prompt rule, nothing else (issue 13).
     "nexpy.rawtext": {"nexpy.adapt", "nexpy.errors"},
     # The rules for templates that refuse: pure, they know no other nexpy module.
     "nexpy.adapt": set(),
+    # Thinking apart from the answer, and where it goes back: pure as well.
+    "nexpy.reasoning": set(),
     "nexpy.classify": {"nexpy.errors", "nexpy.integrity"},
-    "nexpy.reply": {"nexpy.errors", "nexpy.toolcalls"},
+    "nexpy.reply": {"nexpy.errors", "nexpy.toolcalls", "nexpy.reasoning"},
     "nexpy.litellm_setup": {"nexpy.errors"},
     # The transport checks an unstreamed answer's end while it is bytes (issue 13).
     "nexpy.coalesce": {"nexpy.integrity", "nexpy.errors"},
