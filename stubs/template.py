@@ -138,8 +138,11 @@ class TemplateRenderer:
         path = Path(path)
         return cls(path.read_text(encoding="utf-8"), name=path.stem, **kw)
 
-    def render(self, body: Mapping[str, Any]) -> str:
-        """The prompt for the chat request ``body``; raises TemplateRefusal when refused."""
+    def render(self, body: Mapping[str, Any], *, generation: bool = True) -> str:
+        """The prompt for the chat request ``body``; raises TemplateRefusal when refused.
+
+        ``generation`` False renders without the generation prompt: with the answer appended
+        to the messages, what a server's prompt cache holds after answering."""
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise TemplateRefusal("messages must be a non-empty list")
@@ -151,7 +154,7 @@ class TemplateRenderer:
             "messages": _postprocess(messages),
             "tools": copy.deepcopy(tools),
             "documents": None,
-            "add_generation_prompt": True,
+            "add_generation_prompt": generation,
             **extra,
         }
         try:
