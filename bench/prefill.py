@@ -19,7 +19,6 @@ prompt and answer byte for byte; they may happen only at compaction events.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 from bench.harness import NEX, ROOT, Figure, at_most, clean_env, figure
 from bench.settings import Context
+from nexpy.compaction import SUMMARIZE_HERE
 from stubs.oai import stub_server
 from stubs.template import TemplateRenderer
 
@@ -35,6 +35,9 @@ TEMPLATE = (
 )
 WINDOW = 4096  # the small window: compaction every so often
 ROOMY = 262_144  # no context pressure at all
+# What nex's two kinds of summary request carry in their last user message.
+ASKED_HERE = SUMMARIZE_HERE.split(",")[0]
+ASKED_ALONE = "The conversation excerpt to summarize"
 SUMMARY = (
     "Summary: the task is to read the part files one by one and report anomalies. Parts read so "
     "far held rows of numbers with status ok; no anomaly found yet. Next: read the next part."
@@ -86,10 +89,12 @@ def measure(
         prefilled += len(prompt) - common_prefix(prompt, cache)
         after = prompt
         if answer is not None:
-            after = renderer.render({**body, "messages": [*body["messages"], answer]}, generation=False)
+            after = renderer.render(
+                {**body, "messages": [*body["messages"], answer]}, generation=False
+            )
         cache = after
-        if not body.get("tools"):
-            continue  # a summary request: compaction's overhead
+        if _summary_request(body):
+            continue  # compaction's overhead
         messages = body["messages"]
         last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
         if last < 0:
@@ -101,6 +106,12 @@ def measure(
             breaks += 1
         conversation = after
     return prefilled, ideal, breaks
+
+
+def _summary_request(body: dict[str, Any]) -> bool:
+    users = [m for m in body["messages"] if m.get("role") == "user"]
+    text = str(users[-1].get("content")) if users else ""
+    return ASKED_HERE in text or ASKED_ALONE in text
 
 
 def compaction_events(journal: list[dict[str, Any]]) -> int:
@@ -137,7 +148,8 @@ def session(
         for k in range(rounds)
     ]
     replies.append({"content": "All parts read; no anomaly found."})
-    script = {"replies": replies, "untooled": {"content": SUMMARY}}
+    summary = {"content": SUMMARY}
+    script = {"replies": replies, "when_asked": {ASKED_HERE: summary, ASKED_ALONE: summary}}
     renderer = TemplateRenderer.from_file(TEMPLATE)
     with stub_server(script, template=renderer) as stub:
         argv = [

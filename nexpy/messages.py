@@ -31,6 +31,7 @@ __all__ = [
     "text_of",
     "tool_result",
     "user",
+    "with_note",
 ]
 
 INTERRUPTED = "[no result: interrupted]"
@@ -78,6 +79,15 @@ def tool_result(call_id: str, content: str, name: str | None = None) -> dict:
     if name is not None:
         message["name"] = name
     return message
+
+
+def with_note(message: dict, note: str) -> dict:
+    """A copy of ``message`` with ``note`` appended to its text (a reminder rides on the newest
+    message of a request, so nothing before it changes)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        return {**message, "content": [*content, {"type": "text", "text": _SEP + note}]}
+    return {**message, "content": _join([_content_text(content), note])}
 
 
 def normalize(messages: list[dict], *, reminders: Sequence[str] = ()) -> list[dict]:

@@ -15,9 +15,9 @@ SIGINT. In-process::
 Endpoints: ``POST /v1/chat/completions`` (and ``/chat/completions``), ``GET /v1/models``,
 ``GET /props`` (llama.cpp; 404 unless a window is set), ``GET /health``, ``GET /_stub/requests``,
 ``GET /_stub/arrivals`` (``time.time()`` of each chat request's arrival, for benchmarks that
-time a client from outside), ``GET /_stub/rejections``; in template mode ``GET /_stub/prompts`` (each request rendered) and
-``GET /_stub/answers`` (the assistant message that answered it; null for a fault). The script format is described in
-``stubs/script.py``.
+time a client from outside), ``GET /_stub/rejections``; in template mode ``GET /_stub/prompts``
+(each request rendered) and ``GET /_stub/answers`` (the assistant message that answered it;
+null for a fault). The script format is described in ``stubs/script.py``.
 
 Strict mode answers what a strict chat template rejects (``stubs.strict.validate``) with
 llama.cpp's 400 body; a window answers an oversized prompt with the C++ llama-server's
@@ -455,7 +455,7 @@ class StubServer(ScriptedServer):
                 err["error"]["n_ctx"] = window
                 return web.json_response(err, status=400)
 
-        reply = self.script.next(tools=bool(body.get("tools")))
+        reply = self.script.next(_last_user_text(body))
         if reply.get("barrier"):
             await self._barrier(int(reply["barrier"]))
         delay = reply.get("delay")
