@@ -75,6 +75,7 @@ class Context:
         self.tool_ctx = tool_ctx
         self.schemas = schemas  # what a request with tools carries
         self.used = 0  # the estimate of the last request sent (the status bar shows it)
+        self.processed: int | None = None  # prompt tokens the server processed, if it said
         self.builder = RequestBuilder(budget.counter)
         self._discover = discover
         self._window_asked = discover is None  # the server is asked once, before a request
@@ -277,6 +278,8 @@ class Context:
     def _account(self, reply: Reply) -> None:
         """Add what the server says a request cost to the run's totals, and announce it."""
         if reply.usage:
+            # What the server had to process of the prompt, when it says (its prompt cache).
+            self.processed = reply.usage.get("processed_tokens")
             self.totals.input_tokens += reply.usage.get("prompt_tokens", 0)
             self.totals.output_tokens += reply.usage.get("completion_tokens", 0)
             self.emit("usage", **reply.usage)

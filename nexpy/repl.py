@@ -650,10 +650,14 @@ class Repl:
         agent = self.run.agent
         totals = agent.totals
         busy = " answering · Esc cancels │" if self._work is not None else ""
+        processed = getattr(agent, "prompt_processed", None)
+        # What the server re-processed of the last prompt: with its prompt cache warm, the new part.
+        fresh = f" (processed {processed:,})" if processed is not None else ""
         line: StyleAndTextTuples = [
             (
                 "",
-                f"{busy} {self.plan.spec} │ context {_context(agent.context_used, agent.window)} "
+                f"{busy} {self.plan.spec} │ context "
+                f"{_context(agent.context_used, agent.window)}{fresh} "
                 f"│ tokens in {totals.input_tokens:,} out {totals.output_tokens:,} │ "
                 f"sandbox {self.plan.sandbox.mode} │ approval {self.approvals.mode} │ /help",
             )
