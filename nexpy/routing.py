@@ -83,6 +83,9 @@ ROUTES: dict[str, Route] = {
             # Ollama's own default window is 2–4 K tokens, and it silently drops the start of a
             # longer prompt: nex asks for the window it budgets against.
             window_param="num_ctx",
+            # Ollama unloads a model (and its prompt cache) after 5 idle minutes by default;
+            # a person reading an answer or a long tool run easily takes that long.
+            body=(("keep_alive", "30m"),),
         ),
         Route(
             "openrouter",

@@ -76,6 +76,14 @@ def test_nothing_configured_means_nothing_set(tmp_path: Path) -> None:
     assert kwargs["extra_body"] == {"cache_prompt": True}
 
 
+def test_ollama_keeps_the_model_loaded_between_turns(tmp_path: Path) -> None:
+    _config(tmp_path, "")
+    plan = _plan(tmp_path, "ollama:qwen3:8b", "http://127.0.0.1:9")
+    kwargs = LitellmModel(plan, window=8192).request_kwargs([], None, stream=True, max_tokens=500)
+    # litellm's ollama_chat puts it at the top of the /api/chat body (checked on the stub).
+    assert kwargs["extra_body"] == {"keep_alive": "30m"}
+
+
 @pytest.mark.parametrize("model", ["vllm:llama3", "openai:gpt-4.1", "oai-compat:m"])
 def test_servers_that_may_refuse_unknown_fields_get_none(tmp_path: Path, model: str) -> None:
     _config(tmp_path, "")
