@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.prefill import ROOMY, TEMPLATE, WINDOW, session
+from bench.prefill import ROOMY, TEMPLATE, WINDOW, measure, session
+from stubs.oai import stub_server
+from stubs.template import TemplateRenderer
+from tests.conftest import NexEnv
 
 pytestmark = [
     pytest.mark.timeout(600),
@@ -46,3 +49,31 @@ def test_compacting_session_breaks_the_prefix_only_at_few_compaction_events(
     # Each compaction event rewrites the history once; every other request is an extension.
     assert got.breaks <= got.compactions, got
     assert got.compactions <= MAX_EVENTS, got
+
+
+def test_a_resumed_session_extends_the_prompt_it_left_off(nex_env: NexEnv) -> None:
+    """System prompt and tool schemas are the same bytes after --chat resumes, so the server's
+    cache of the last run still serves the next one."""
+    renderer = TemplateRenderer.from_file(TEMPLATE)
+    (nex_env.work / "notes.txt").write_text("alpha\n")
+    script = {
+        "replies": [
+            {"tool_calls": [{"name": "read_file", "arguments": {"path": "notes.txt"}}]},
+            {"content": "It says alpha."},
+            {"content": "Still alpha."},
+        ]
+    }
+    with stub_server(script, template=renderer) as srv:
+        for message in ("read notes.txt", "and now?"):
+            result = nex_env.run(
+                "-m", "local:stub-model", "-e", srv.url, "--chat", "t", "--autonomous", message
+            )
+            assert result.code == 0, result.stderr
+        bodies, prompts, answers = srv.requests, srv.prompts, srv.answers
+    assert len(prompts) == 3 and all(prompts)
+    _, _, breaks = measure(renderer, bodies, prompts, answers)
+    assert breaks == 0
+    # The last request (the resumed run's first) starts with the first run's prompt and answer.
+    cached = renderer.render({**bodies[1], "messages": [*bodies[1]["messages"], answers[1]]},
+                             generation=False)  # fmt: skip
+    assert prompts[2] is not None and prompts[2].startswith(cached)
