@@ -29,6 +29,7 @@ from nexpy.handler import Confirm, Handler, HandlerOptions, load_factory
 from nexpy.instructions import Instructions, load, restore
 from nexpy.outcome import Outcome, outcome_of
 from nexpy.plan import SpawnPlan
+from nexpy.progress import Progress, Ticker
 from nexpy.session import Session, state_home
 
 WRAP_UP_SECONDS = 120.0
@@ -258,13 +259,19 @@ async def run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> int
 
 
 async def _run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> int:
-    sinks: list[Sink] = [JsonSink()] if opts.json else [ProgressSink(verbose=opts.verbose)]
+    # On a terminal, a status line says what the server is doing (never when stderr is a file).
+    live = None if opts.json or not sys.stderr.isatty() else Ticker(Progress()).start()
+    sinks: list[Sink] = (
+        [JsonSink()] if opts.json else [ProgressSink(verbose=opts.verbose, live=live)]
+    )
     run = Run(plan, opts, sinks)
     # Until the task has finished, the run has failed: a crash must never be journaled as a
     # completion.
     outcome = outcome_of(RuntimeError("the run did not finish"))
     try:
-        answer = await run.agent.send(message)
+        answer = await run.agent.send(message, live.progress.text if live else None)
+        if live is not None:
+            live.close()
         _answer(answer, opts)
         outcome = outcome_of(None)
     except LimitReached as e:
@@ -287,6 +294,8 @@ async def _run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> in
         run.emitter.emit("error", kind=error.kind, message=error.line(), retryable=False)
         report(error, verbose=opts.verbose)
     finally:
+        if live is not None:
+            live.close()
         await run.end(outcome)
     return outcome.code
 
