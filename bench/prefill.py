@@ -27,6 +27,7 @@ from typing import Any
 from bench.harness import NEX, ROOT, Figure, at_most, clean_env, figure
 from bench.settings import Context
 from nexpy.compaction import SUMMARIZE_HERE
+from nexpy.litellm_setup import prepare_environment
 from stubs.oai import stub_server
 from stubs.template import TemplateRenderer
 
@@ -151,6 +152,9 @@ def session(
     summary = {"content": SUMMARY}
     script = {"replies": replies, "when_asked": {ASKED_HERE: summary, ASKED_ALONE: summary}}
     renderer = TemplateRenderer.from_file(TEMPLATE)
+    # The stub counts usage with the cl100k files litellm ships, as nex does: else it falls back
+    # to len // 4 and nex's drift correction moves the compaction points from run to run.
+    prepare_environment()
     with stub_server(script, template=renderer) as stub:
         argv = [
             NEX, "-m", "local:stub-model", "-e", stub.url, "-C", str(work), "--autonomous",
