@@ -269,9 +269,11 @@ async def _run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> in
     # completion.
     outcome = outcome_of(RuntimeError("the run did not finish"))
     try:
-        answer = await run.agent.send(message, live.progress.text if live else None)
-        if live is not None:
-            live.close()
+        try:
+            answer = await run.agent.send(message, live.progress.text if live else None)
+        finally:
+            if live is not None:
+                live.close()  # before the answer, an error line or "interrupted" is printed
         _answer(answer, opts)
         outcome = outcome_of(None)
     except LimitReached as e:
@@ -294,8 +296,6 @@ async def _run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> in
         run.emitter.emit("error", kind=error.kind, message=error.line(), retryable=False)
         report(error, verbose=opts.verbose)
     finally:
-        if live is not None:
-            live.close()
         await run.end(outcome)
     return outcome.code
 
