@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import fleet, sandbox, startup, turns
+from bench import fleet, prefill, sandbox, startup, turns
 from bench.harness import ROOT, Figure, scratch_dir
 from bench.settings import FULL, QUICK, Context
 
@@ -40,6 +40,7 @@ SECTIONS: dict[str, Section] = {
     "concurrency": fleet.concurrency,
     "memory": startup.memory,  # after startup: it reports the idle REPL measured there
     "sandbox": sandbox.sandbox_cost,
+    "prefill": prefill.prefill,
 }
 
 

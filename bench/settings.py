@@ -28,6 +28,7 @@ class Settings:
     fleet_latency: float  # seconds the stub takes per request
     memory_turns: int
     sandbox_reps: int  # bash calls timed with and without the sandbox, interleaved
+    prefill_rounds: int  # tool rounds of the prefill sessions (the 60 in both: ~1 min)
 
 
 FULL = Settings(
@@ -46,6 +47,7 @@ FULL = Settings(
     fleet_latency=0.2,
     memory_turns=20,
     sandbox_reps=40,
+    prefill_rounds=60,
 )
 
 QUICK = Settings(
@@ -64,6 +66,7 @@ QUICK = Settings(
     fleet_latency=0.2,
     memory_turns=5,
     sandbox_reps=8,
+    prefill_rounds=60,
 )
 
 SETTINGS = {s.name: s for s in (FULL, QUICK)}

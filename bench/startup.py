@@ -47,6 +47,19 @@ print(reply.choices[0].message.content)
 """
 
 
+# litellm is every route's provider, so a script that imports it and sends one request is the
+# floor of nex's launch; the same route nex takes for `local:` (hosted_vllm/).
+LITELLM_ONE_REQUEST = """\
+import sys
+import litellm
+reply = litellm.completion(
+    model="hosted_vllm/" + sys.argv[2], api_base=sys.argv[1], api_key="sk-bench",
+    messages=[{"role": "user", "content": "hi"}],
+)
+print(reply.choices[0].message.content)
+"""
+
+
 def _prompt_marker() -> bytes:
     """The REPL's own prompt string, so the bench follows it if it changes. Asked of a child:
     importing nexpy.repl here would grow this process, and its children inherit its peak RSS."""
@@ -124,19 +137,36 @@ def startup(ctx: Context) -> list[Figure]:
         )
 
         nex_first: list[float] = []
+        lite_first: list[float] = []
         sdk_first: list[float] = []
         nex_total: list[float] = []
         sdk_total: list[float] = []
+        lite_env = {**env, **LITELLM_ENV}
         for _ in range(ctx.settings.launch_reps):
             sdk = run([PYTHON, "-c", OPENAI_ONE_REQUEST, stub.url, MODEL], env, cwd)
             _check(sdk.code, "openai SDK script", sdk.stderr)
             sdk_first.append(stub.arrivals()[-1] - sdk.started)
             sdk_total.append(sdk.seconds)
             ctx.shared["openai_script_rss_mb"] = sdk.max_rss_mb
+            lite = run([PYTHON, "-c", LITELLM_ONE_REQUEST, stub.url, MODEL], lite_env, cwd)
+            _check(lite.code, "litellm script", lite.stderr)
+            lite_first.append(stub.arrivals()[-1] - lite.started)
             nex = run([NEX, "-m", f"local:{MODEL}", "-e", stub.url, "--autonomous", "hi"], env, cwd)
             _check(nex.code, "nex --autonomous", nex.stderr)
             nex_first.append(stub.arrivals()[-1] - nex.started)
             nex_total.append(nex.seconds)
+        figures.append(
+            figure(
+                "startup",
+                "--autonomous launch → first request",
+                median(nex_first) * 1e3,
+                "ms",
+                ("litellm script, one request", median(lite_first) * 1e3),
+                target=at_most(1.15),
+                note=f"nex adds {(median(nex_first) - median(lite_first)) * 1e3:,.0f} ms",
+                samples={"nex": nex_first, "litellm": lite_first},
+            )
+        )
         figures.append(
             figure(
                 "startup",

@@ -141,6 +141,12 @@ class Agent:
     def context_used(self) -> int:
         return self.context.used
 
+    @property
+    def prompt_processed(self) -> int | None:
+        """Prompt tokens the server processed for the last request (the rest it had cached),
+        when it reports them."""
+        return self.context.processed
+
     async def compact(self) -> str:
         """Compact the conversation now (the REPL's /compact); returns what was done, in a line."""
         return await self.context.compact(self.schemas)

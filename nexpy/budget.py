@@ -7,7 +7,7 @@ what turn 10 does). `Budget` turns a window into the number of prompt tokens a r
     window − reserved output (max_tokens, at most a quarter of the window) − safety margin
 
 and the system prompt and tool schemas come out of that before any history does. How full the
-room left for history is (the pressure) decides the reminder folded into the last user turn and
+room left for history is (the pressure) decides the reminder appended to the newest message and
 when the compaction ladder runs (the policy is nexpy.context's). The count is an estimate in
 cl100k tokens; the server's own `usage.prompt_tokens` corrects it (`Budget.observe`).
 """
@@ -166,7 +166,8 @@ class Budget:
         return max(1000, min(ceiling, self.room(fixed_raw) * CHARS_PER_TOKEN // 3))
 
     def reminder(self, raw: int, fixed_raw: int) -> str | None:
-        """A note folded into the last user turn when the history room is nearly full."""
+        """A note for the model when the history room is nearly full (nexpy.context appends it
+        to the newest message, once between compactions)."""
         if self.fill(raw, fixed_raw) < WARN_AT:
             return None
         used = self.estimate(raw)

@@ -7,9 +7,11 @@
     message, the latest user message and the latest unit always stay. A note takes the place of
     what went, as an assistant message right after the first user message, so the history still
     normalizes into the shape of DESIGN §3 (user first, alternating, every call answered);
-(c) the model summarizes what (b) removed (a request without tools: ``summary_request``) and the
-    summary replaces the note (``with_summary``). A summary is removed and summarized again with
-    the next drop, so one summary always covers everything removed so far.
+(c) the model summarizes what (b) removed and the summary replaces the note (``with_summary``):
+    asked at the end of the conversation as last sent (``summary_here``), which a prompt cache
+    already holds, or, when that does not fit, in a request of its own (``summary_request``).
+    A summary is removed and summarized again with the next drop, so one summary always covers
+    everything removed so far.
 When that is still not enough, the outputs of the units that must stay become handles too
 (``recent_outputs``). Each step yields the whole new history; the agent journals it as a
 ``compaction`` entry, which replaces the history before it when a session is resumed.
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from nexpy.budget import CHARS_PER_TOKEN, TokenCounter
-from nexpy.messages import assistant, system, text_of, user
+from nexpy.messages import assistant, system, text_of, user, with_note
 from nexpy.tools.output import OUTPUTS_PREFIX, cap
 
 HANDLE_CHARS = 400  # what a handle keeps of an output, head and tail together
@@ -44,6 +46,14 @@ SUMMARIZE = (
     "names, numbers and error messages exact. Plain text, at most {words} words. Call no tool."
 )
 TRANSCRIPT_LINE = 600  # chars of one message that go into the transcript to summarize
+# Asked at the end of the conversation itself, so a prompt-caching server has all but this cached.
+SUMMARIZE_HERE = (
+    "[nex: the context window is full, so the older part of this conversation is about to be "
+    "removed. Write a summary of the conversation so far for yourself, the agent who continues "
+    "it: the task, what was done (files read or changed, commands run and their results), what "
+    "was learned, decisions made, and what is left to do. Keep file paths, names, numbers and "
+    "error messages exact. Plain text, at most {words} words. Call no tool.]"
+)
 
 
 @dataclass
@@ -99,20 +109,20 @@ def shrink(
 ) -> Shrunk:
     """Apply the ladder's local steps to bring the history (raw tokens) down to `target`.
 
-    `limit` is what must fit. Handles are cheap and lose nothing (the full text stays on disk),
-    so old outputs go down to `target`; turns are dropped only when that still leaves the
-    history over `limit` (or, with `force`, over `target`), and then down to a point halfway
-    between what must stay and the limit, so the next turns fit before the next summary is
-    needed. The units that always stay become handles only to get under `limit`. `reserve` is
-    room kept for the summary that will replace the drop note. The result may still be over
-    `limit` when the units that must stay are too big.
+    `limit` is what must fit. Compaction is an event, not a habit: every rewrite of an earlier
+    message makes a prompt-caching server process everything after it again, so one event goes
+    all the way down to `target` (about half the room) and the next turns fit for a long while.
+    Handles are cheap and lose nothing (the full text stays on disk), so old outputs go first;
+    then the oldest turns, leaving `reserve`, room for the summary that will replace the drop
+    note. The units that always stay become handles only to get under `limit`. The result may
+    still be over `limit` when the units that must stay are too big. (`force` is kept for the
+    caller's sake: the policy is the same either way.)
     """
     ladder = _Ladder(history, counter, outputs_dir)
     if ladder.total > target:
         ladder.handles(target, recent=False)
-    if ladder.total > (target if force else limit):
-        goal = target if force else max(target, (ladder.pinned_size() + limit) // 2)
-        ladder.drop(goal - reserve)
+    if ladder.total > target:
+        ladder.drop(target - reserve)
     if ladder.total > limit:
         ladder.handles(limit, recent=True)
     return Shrunk(
@@ -255,6 +265,18 @@ def summary_request(
         head.append(f"({skipped} older messages did not fit here and are left out)")
     body = "\n\n".join([*head, *reversed(kept)])
     return [prompt, user(f"The conversation excerpt to summarize:\n\n{body}")]
+
+
+def summary_here(messages: list[dict[str, Any]], words: int) -> list[dict[str, Any]]:
+    """The request as last sent (`messages`, normalized) with the request for a summary after it.
+
+    It extends what the server's prompt cache holds, so only the request itself is processed;
+    a separate summary request (`summary_request`) would make the server process the whole
+    conversation again after it."""
+    ask = SUMMARIZE_HERE.format(words=words)
+    if messages[-1].get("role") == "user":
+        return [*messages[:-1], with_note(messages[-1], ask)]
+    return [*messages, user(ask)]
 
 
 def with_summary(

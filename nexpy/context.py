@@ -22,7 +22,7 @@ from nexpy.budget import PER_REQUEST, REMINDER_TOKENS, TARGET, Budget
 from nexpy.errors import ContextOverflow, LimitReached, ProviderError
 from nexpy.events import Emit
 from nexpy.handler import Totals
-from nexpy.messages import RequestBuilder
+from nexpy.messages import RequestBuilder, with_note
 from nexpy.reply import Model, Reply, TextCallback
 from nexpy.session import Session
 from nexpy.tools import ToolContext
@@ -75,11 +75,13 @@ class Context:
         self.tool_ctx = tool_ctx
         self.schemas = schemas  # what a request with tools carries
         self.used = 0  # the estimate of the last request sent (the status bar shows it)
+        self.processed: int | None = None  # prompt tokens the server processed, if it said
         self.builder = RequestBuilder(budget.counter)
         self._discover = discover
         self._window_asked = discover is None  # the server is asked once, before a request
         self._output_ceiling = tool_ctx.output_cap
         self._outputs_sized = False  # on the first request: sizing loads tiktoken
+        self._reminded = False  # the window-nearly-full note went out since the last compaction
 
     # -- the window -----------------------------------------------------------------------
     async def ensure_window(self) -> None:
@@ -97,14 +99,10 @@ class Context:
 
     # -- requests -------------------------------------------------------------------------
     def build(self, tools: Tools) -> Request:
-        """The normalized request for the current history, with any context reminder folded
-        into its last user turn. Never compacts: that is `fit`'s job."""
+        """The normalized request for the current history. Changes nothing: reminders and
+        compaction are `fit`'s job."""
         messages, counted = self.builder.build(self.system_prompt, self.history)
         counted += self.budget.counter.tools(tools)
-        note = self.budget.reminder(counted, self._fixed(tools))
-        if note:
-            messages = self.builder.fold(messages, [note])
-            counted += self.budget.counter.text(note) + 1
         return Request(messages, counted, self.budget.estimate(counted))
 
     async def complete(self, tools: Tools, on_text: TextCallback) -> Reply:
@@ -138,6 +136,8 @@ class Context:
         """The request for the current history, compacted first if it is over budget."""
         await self.ensure_window()
         request = self.build(tools)
+        if self._remind(request, tools):
+            request = self.build(tools)
         # Compaction works on its own per-message count; normalizing (merges, a folded reminder)
         # can leave the real request a little over, so go again while that still helps.
         for _ in range(COMPACTION_PASSES):
@@ -153,6 +153,22 @@ class Context:
             raise self._full("the messages that must stay do not fit", request)
         return request
 
+    def _remind(self, request: Request, tools: Tools) -> bool:
+        """Tell the model the window is nearly full, once between compactions.
+
+        The note is appended to the newest message, the one this request is the first to carry,
+        and journaled, so every later request (and a resume) sends those same bytes: a prompt
+        cache keeps everything before it. Compaction clears it with the rest."""
+        if self._reminded or not self.history:
+            return False
+        note = self.budget.reminder(request.counted, self._fixed(tools))
+        if note is None:
+            return False
+        self._reminded = True
+        self.history[-1] = with_note(self.history[-1], note)
+        self.session.append("reminder", text=note)
+        return True
+
     # -- compaction -----------------------------------------------------------------------
     async def compact(self, tools: Tools) -> str:
         """Compact now, even under budget (the REPL's /compact); what was done, in a line."""
@@ -162,6 +178,7 @@ class Context:
     def clear(self) -> None:
         """Forget the conversation; journaled as a compaction to nothing, so a resume agrees."""
         self.history = []
+        self._reminded = False
         self.session.append("compaction", messages=[], reason="clear")
 
     async def _compact(self, request: Request, tools: Tools, *, force: bool) -> str:
@@ -195,7 +212,7 @@ class Context:
             if "outputs" in step.detail:
                 done.append(f"{step.detail['outputs']} tool outputs moved to files")
         if shrunk.note is not None:
-            summary = await self._summarize(shrunk, reserve)
+            summary = await self._summarize(shrunk, reserve, request, tools)
             if summary:
                 self._replace_history(
                     compaction.with_summary(self.history, shrunk.note, summary, shrunk.covered),
@@ -213,32 +230,56 @@ class Context:
         self.emit("context", used=self.used, window=self.budget.window)
         return line
 
-    async def _summarize(self, shrunk: compaction.Shrunk, tokens: int) -> str | None:
-        """The model's summary of what compaction removed, or None if it cannot give one."""
-        prompt_room = (
-            self.budget.window - tokens - self.budget.margin
-        ) / self.budget.ratio - PER_REQUEST
-        request = compaction.summary_request(
-            shrunk.dropped, self.budget.counter, room=int(prompt_room), words=tokens * 2 // 3
+    async def _summarize(
+        self, shrunk: compaction.Shrunk, tokens: int, sent: Request, tools: Tools
+    ) -> str | None:
+        """The model's summary of what compaction removed, or None if it cannot give one.
+
+        Asked at the end of the conversation as it was about to be sent (`sent`, with the same
+        system prompt and tools), so a prompt-caching server processes only the question; when
+        that does not fit the window, or the model calls a tool instead, in a request of its own
+        with the removed messages as a transcript."""
+        prompt_room = int(
+            (self.budget.window - tokens - self.budget.margin) / self.budget.ratio - PER_REQUEST
         )
-        try:
-            reply = await self.model.complete(request, None, lambda _: None, max_tokens=tokens)
-        except ProviderError as e:
-            self.emit("warning", message=f"could not summarize the removed messages: {e.line()}")
-            return None
-        self._account(reply)
-        text = reply.content.strip()
-        return compaction.clip(text, self.budget.counter, tokens) if text else None
+        words = tokens * 2 // 3
+        here = compaction.summary_here(sent.messages, words)
+        asked = sent.counted + self.budget.counter.text(compaction.SUMMARIZE_HERE) + words // 2
+        attempts: list[tuple[list[dict[str, Any]], Tools]] = []
+        if asked <= prompt_room:
+            attempts.append((here, tools))
+        alone = compaction.summary_request(
+            shrunk.dropped, self.budget.counter, room=prompt_room, words=words
+        )
+        attempts.append((alone, None))
+        for messages, with_tools in attempts:
+            try:
+                reply = await self.model.complete(
+                    messages, with_tools, lambda _: None, max_tokens=tokens
+                )
+            except ProviderError as e:
+                self.emit(
+                    "warning", message=f"could not summarize the removed messages: {e.line()}"
+                )
+                return None
+            self._account(reply)
+            text = reply.content.strip()
+            if text and not reply.tool_calls:
+                return compaction.clip(text, self.budget.counter, tokens)
+        return None
 
     def _replace_history(self, history: list[dict[str, Any]], **fields: Any) -> None:
         """Adopt a compacted history, journaled first: on resume it replaces what came before."""
         self.session.append("compaction", reason="context", messages=history, **fields)
         self.history = history
+        self._reminded = False
 
     # -- sizes ----------------------------------------------------------------------------
     def _account(self, reply: Reply) -> None:
         """Add what the server says a request cost to the run's totals, and announce it."""
         if reply.usage:
+            # What the server had to process of the prompt, when it says (its prompt cache).
+            self.processed = reply.usage.get("processed_tokens")
             self.totals.input_tokens += reply.usage.get("prompt_tokens", 0)
             self.totals.output_tokens += reply.usage.get("completion_tokens", 0)
             self.emit("usage", **reply.usage)

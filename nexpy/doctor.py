@@ -37,6 +37,8 @@ DEFAULT_TIMEOUT = 120.0  # per request: a local server may load the model on the
 _OVERFLOW_PROBE = " a" * 300_000
 _MAX_CONTEXT = re.compile(r"maximum context length is (\d+)|context window of (\d+)")
 
+# Long enough that a cache shows (llama.cpp reuses whole batches), short enough for -c 512.
+PROMPT_CACHE_PROBE = "You check a prompt cache. " + "Numbers: " + " ".join(map(str, range(60)))
 ECHO_TOOL = {  # the tool of the round-trip check
     "type": "function",
     "function": {
@@ -194,6 +196,7 @@ class _Checks:
                 break
         else:
             await self._user_turns()
+            await self._prompt_cache()
         if self.latency:
             self.rows.append(Row("latency", INFO, " · ".join(self.latency)))
         return self.rows
@@ -452,6 +455,33 @@ class _Checks:
             )
             return
         self.rows.append(Row("user turns", INFO, "two in a row are accepted"))
+
+    async def _prompt_cache(self) -> None:
+        """Whether the server keeps the prompt's cache: the same request twice, and what it
+        says it processed of the second (nex keeps each request an extension of the last)."""
+        ask = [
+            {"role": "system", "content": PROMPT_CACHE_PROBE},
+            {"role": "user", "content": "Say: ok"},
+        ]
+        usage: dict[str, int] | None = None
+        try:
+            for _ in range(2):
+                usage = (await self.model.complete(ask, None, lambda _: None, max_tokens=1)).usage
+        except ProviderError as e:
+            self.rows.append(Row("prompt cache", INFO, f"not checked: {e.message}"))
+            return
+        if not usage or "processed_tokens" not in usage:
+            self.rows.append(Row("prompt cache", INFO, "the server does not report cached tokens"))
+            return
+        line = (
+            f"a repeated request: {usage['processed_tokens']:,} of {usage['prompt_tokens']:,} "
+            "prompt tokens processed, the rest cached"
+        )
+        if usage.get("cached_tokens"):
+            self.rows.append(Row("prompt cache", OK, line))
+        else:
+            hint = "llama.cpp: leave --cache-prompt on; vLLM: --enable-prefix-caching"
+            self.rows.append(Row("prompt cache", WARN, line, hint=hint))
 
 
 def template_rows(plan: SpawnPlan, template: str | None, home: Path | None = None) -> list[Row]:

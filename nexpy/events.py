@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from nexpy.credentials import redact_any
+from nexpy.progress import Ticker
 from nexpy.reasoning import tokens
 
 Event = dict[str, Any]
@@ -97,13 +98,22 @@ def describe_call(name: str, arguments: Any) -> str:
 class ProgressSink:
     """Human-readable progress on stderr: tool calls and results, warnings, errors."""
 
-    def __init__(self, stream: TextIO | None = None, *, verbose: bool = False) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, *, verbose: bool = False, live: Ticker | None = None
+    ) -> None:
         self.stream = stream or sys.stderr
         self.verbose = verbose
+        self.live = live  # the status line of the request in flight, on a terminal
 
     def __call__(self, event: Event) -> None:
         kind = event["type"]
         line: str | None = None
+        if self.live is not None:
+            if kind == "context":  # a request is about to go out
+                self.live.progress.start()
+            elif kind in ("usage", "message", "tool.call", "error", "session.ended"):
+                self.live.progress.stop()
+            self.live.clear()
         if kind == "tool.call":
             line = f"→ {describe_call(event['name'], event['arguments'])}"
         elif kind == "tool.result":

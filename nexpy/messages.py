@@ -31,6 +31,7 @@ __all__ = [
     "text_of",
     "tool_result",
     "user",
+    "with_note",
 ]
 
 INTERRUPTED = "[no result: interrupted]"
@@ -78,6 +79,15 @@ def tool_result(call_id: str, content: str, name: str | None = None) -> dict:
     if name is not None:
         message["name"] = name
     return message
+
+
+def with_note(message: dict, note: str) -> dict:
+    """A copy of ``message`` with ``note`` appended to its text (a reminder rides on the newest
+    message of a request, so nothing before it changes)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        return {**message, "content": [*content, {"type": "text", "text": _SEP + note}]}
+    return {**message, "content": _join([_content_text(content), note])}
 
 
 def normalize(messages: list[dict], *, reminders: Sequence[str] = ()) -> list[dict]:
@@ -415,9 +425,6 @@ class RequestBuilder:
         self._last_frozen: dict[str, Any] | None = None  # history[_frozen_len - 1], to notice edits
         self._frozen: list[dict[str, Any]] = []
         self._frozen_tokens = 0
-        self._frozen_last_user: int | None = None  # index into _frozen
-        self._built: list[dict[str, Any]] | None = None
-        self._built_last_user: int | None = None
 
     def system_tokens(self, system_text: str) -> int:
         """Tokens of the system message for `system_text`."""
@@ -445,7 +452,6 @@ class RequestBuilder:
         if tail is None:
             request = normalize([system(system_text), *history])
             tokens = self.counter.messages(request)
-            last_user = _last_user(request, 0, len(request))
         else:
             request = [self._system, *self._frozen, *tail]
             tokens = (
@@ -454,28 +460,7 @@ class RequestBuilder:
                 + sum(self.counter.message(m) for m in tail)
                 + PER_REQUEST
             )
-            last_user = _last_user(request, len(request) - len(tail), len(request))
-            if last_user is None and self._frozen_last_user is not None:
-                last_user = self._frozen_last_user + 1
-        self._built, self._built_last_user = request, last_user
         return request, tokens
-
-    def fold(self, request: list[dict[str, Any]], notes: Sequence[str]) -> list[dict[str, Any]]:
-        """`request` with `notes` folded into its last user turn, as `normalize` folds reminders.
-
-        Only that one message is replaced (in the list, which is the caller's), so the shared
-        messages stay untouched.
-        """
-        notes = [n for n in notes if n]
-        if not notes:
-            return request
-        pos = self._built_last_user if request is self._built else None
-        if pos is None:
-            pos = _last_user(request, 0, len(request))
-        if pos is None:
-            return normalize(request, reminders=notes)
-        request[pos] = normalize([request[pos]], reminders=notes)[1]
-        return request
 
     def _advance(self, history: list[dict[str, Any]]) -> None:
         """Freeze up to the latest edge that settles, if there is a new one."""
@@ -487,9 +472,6 @@ class RequestBuilder:
         segment = self._segment(history, self._frozen_len, j, closed=True)
         if segment is None:
             return
-        last_user = _last_user(segment, 0, len(segment))
-        if last_user is not None:
-            self._frozen_last_user = len(self._frozen) + last_user
         self._frozen.extend(segment)
         self._frozen_tokens += sum(self.counter.message(m) for m in segment)
         self._frozen_len = j
@@ -577,10 +559,3 @@ def _edge(history: list[dict[str, Any]], j: int) -> bool:
             for c in calls
         )
     )
-
-
-def _last_user(messages: list[dict[str, Any]], lo: int, hi: int) -> int | None:
-    for i in range(hi - 1, lo - 1, -1):
-        if messages[i].get("role") == "user":
-            return i
-    return None

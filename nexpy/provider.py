@@ -138,7 +138,11 @@ class LitellmModel:
         if "max_tokens" in s:
             ours = kwargs.get("max_tokens")
             kwargs["max_tokens"] = min(s["max_tokens"], ours) if ours else s["max_tokens"]
-        body = {k: s[k] for k in ("top_k", "min_p") if k in s} | s.get("extra_body", {})
+        body = (
+            dict(self.plan.spec.route.body)
+            | {k: s[k] for k in ("top_k", "min_p") if k in s}
+            | s.get("extra_body", {})
+        )
         if body:
             kwargs["extra_body"] = body
 

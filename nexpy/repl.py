@@ -54,6 +54,7 @@ from nexpy.mentions import PathCompleter, include_files
 from nexpy.notify import answer_ready
 from nexpy.outcome import outcome_of
 from nexpy.plan import SpawnPlan
+from nexpy.progress import Progress
 from nexpy.reasoning import Thought, tokens
 from nexpy.runtime import Run, RunOptions, cancel_on, print_traceback
 from nexpy.session import copy_session, list_sessions, private_dir, state_home, validate_name
@@ -346,9 +347,14 @@ class TerminalSink:
         self.terminal = terminal
         self._buffer = io.StringIO()
         self._progress = ProgressSink(self._buffer, verbose=verbose)
+        self.live = Progress()  # the request in flight, for the status line
 
     def __call__(self, event: Event) -> None:
         kind = event["type"]
+        if kind == "context":  # a request is about to go out
+            self.live.start()
+        elif kind in ("usage", "message", "tool.call", "error"):
+            self.live.stop()
         if kind == "error":
             self.terminal.note(f"error: {event['message']}")
         elif kind in self.SHOWN:
@@ -582,8 +588,14 @@ class Repl:
         text = self.compose(text)
         self.terminal.begin_answer()
         started = time.monotonic()
-        task = asyncio.ensure_future(self.run.agent.send(text, self.terminal.text))
+
+        def on_text(piece: str) -> None:
+            self.sink.live.text(piece)
+            self.terminal.text(piece)
+
+        task = asyncio.ensure_future(self.run.agent.send(text, on_text))
         self._generating = task
+        ticking = asyncio.ensure_future(self._tick())
         try:
             answer = await task
         except asyncio.CancelledError:
@@ -608,8 +620,17 @@ class Repl:
             return
         finally:
             self._generating = None
+            self.sink.live.stop()
+            ticking.cancel()
         self.terminal.finish_answer(answer)
         answer_ready(sys.stdout, time.monotonic() - started, self.opts.notify_after)
+
+    async def _tick(self) -> None:
+        """Redraw the status line once a second while an answer is in the works: its seconds
+        and tokens/s move though nothing else happens."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.prompt.app.invalidate()
 
     async def confirm(self, name: str, args: dict[str, Any], diff: str = "") -> bool | str:
         """Ask before a mutating tool runs, unless the approval mode or an earlier "always"
@@ -679,11 +700,18 @@ class Repl:
     def toolbar(self) -> StyleAndTextTuples:
         agent = self.run.agent
         totals = agent.totals
-        busy = " answering · Esc cancels │" if self._work is not None else ""
+        busy = ""
+        if self._work is not None:
+            # "processing prompt… 12 s" until the first token, then the answer's rate.
+            busy = f" {self.sink.live.line() or 'answering'} · Esc cancels │"
+        processed = getattr(agent, "prompt_processed", None)
+        # What the server re-processed of the last prompt: with its prompt cache warm, the new part.
+        fresh = f" (processed {processed:,})" if processed is not None else ""
         line: StyleAndTextTuples = [
             (
                 "",
-                f"{busy} {self.plan.spec} │ context {_context(agent.context_used, agent.window)} "
+                f"{busy} {self.plan.spec} │ context "
+                f"{_context(agent.context_used, agent.window)}{fresh} "
                 f"│ tokens in {totals.input_tokens:,} out {totals.output_tokens:,} │ "
                 f"sandbox {self.plan.sandbox.mode} │ approval {self.approvals.mode} │ /help",
             )

@@ -150,6 +150,12 @@ class ReplyReader:
                 "prompt_tokens": int(field_of(u, "prompt_tokens") or 0),
                 "completion_tokens": int(field_of(u, "completion_tokens") or 0),
             }
+            # The part of the prompt the server had cached (llama.cpp's timings.cache_n, OpenAI
+            # and vLLM's prefix cache): the rest is what it processed, the wait a user feels.
+            cached = field_of(field_of(u, "prompt_tokens_details"), "cached_tokens")
+            if isinstance(cached, int):
+                self.usage["cached_tokens"] = cached
+                self.usage["processed_tokens"] = max(0, self.usage["prompt_tokens"] - cached)
         for choice in field_of(chunk, "choices") or []:
             delta = field_of(choice, "delta") or field_of(choice, "message")
             piece = field_of(delta, "content")

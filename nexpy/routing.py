@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from nexpy.errors import UsageError
 
@@ -26,6 +27,7 @@ HANDLERS = {
 # 2x cheaper than `openai/` on a loopback stub, and its cost stays near flat as a session grows
 # (the SDK re-walks every message of the request on every call). bench/ measures both.
 OPENAI_COMPATIBLE = "hosted_vllm/"
+LLAMA_CPP = (("cache_prompt", True),)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class Route:
     window_param: str | None = None  # the request field that sets the server's window
     headers: tuple[tuple[str, str], ...] = ()  # sent with every request, unless configured
     model_optional: bool = False  # the CLI picks its own default model
+    # Request-body fields this server reads (a configured extra_body beats them). Only where the
+    # server is known: OpenAI refuses unknown fields.
+    body: tuple[tuple[str, Any], ...] = ()
 
     @property
     def factory(self) -> str:
@@ -64,8 +69,10 @@ class Route:
 ROUTES: dict[str, Route] = {
     r.prefix: r
     for r in (
-        Route("local", "nex", OPENAI_COMPATIBLE, "http://127.0.0.1:8080/v1"),
-        Route("llamacpp", "nex", OPENAI_COMPATIBLE, "http://127.0.0.1:8080/v1"),
+        # llama.cpp: keep the prompt's KV cache for the next request, which extends it (issue
+        # 12). Recent servers default to it; older ones and llama-cpp-python's do not.
+        Route("local", "nex", OPENAI_COMPATIBLE, "http://127.0.0.1:8080/v1", body=LLAMA_CPP),
+        Route("llamacpp", "nex", OPENAI_COMPATIBLE, "http://127.0.0.1:8080/v1", body=LLAMA_CPP),
         Route("vllm", "nex", OPENAI_COMPATIBLE, "http://127.0.0.1:8000/v1"),
         Route(
             "ollama",
@@ -78,6 +85,9 @@ ROUTES: dict[str, Route] = {
             # Ollama's own default window is 2–4 K tokens, and it silently drops the start of a
             # longer prompt: nex asks for the window it budgets against.
             window_param="num_ctx",
+            # Ollama unloads a model (and its prompt cache) after 5 idle minutes by default;
+            # a person reading an answer or a long tool run easily takes that long.
+            body=(("keep_alive", "30m"),),
         ),
         Route(
             "openrouter",

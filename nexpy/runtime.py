@@ -30,6 +30,7 @@ from nexpy.instructions import Instructions, load, restore
 from nexpy.limits import output_limit
 from nexpy.outcome import Outcome, outcome_of
 from nexpy.plan import SpawnPlan
+from nexpy.progress import Progress, Ticker
 from nexpy.session import Session, state_home
 
 WRAP_UP_SECONDS = 120.0
@@ -259,13 +260,21 @@ async def run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> int
 
 
 async def _run_autonomous(plan: SpawnPlan, opts: RunOptions, message: str) -> int:
-    sinks: list[Sink] = [JsonSink()] if opts.json else [ProgressSink(verbose=opts.verbose)]
+    # On a terminal, a status line says what the server is doing (never when stderr is a file).
+    live = None if opts.json or not sys.stderr.isatty() else Ticker(Progress()).start()
+    sinks: list[Sink] = (
+        [JsonSink()] if opts.json else [ProgressSink(verbose=opts.verbose, live=live)]
+    )
     run = Run(plan, opts, sinks)
     # Until the task has finished, the run has failed: a crash must never be journaled as a
     # completion.
     outcome = outcome_of(RuntimeError("the run did not finish"))
     try:
-        answer = await run.agent.send(message)
+        try:
+            answer = await run.agent.send(message, live.progress.text if live else None)
+        finally:
+            if live is not None:
+                live.close()  # before the answer, an error line or "interrupted" is printed
         _answer(answer, opts)
         # An answer cut at the output limit is not a finished task (the warning said so).
         outcome = outcome_of(output_limit() if run.agent.answer_cut else None)

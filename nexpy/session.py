@@ -32,6 +32,7 @@ import platformdirs
 
 from nexpy.credentials import redact_any
 from nexpy.errors import ConfigError, SessionLocked, UsageError
+from nexpy.messages import with_note
 
 JOURNAL = "journal.jsonl"
 OUTPUTS = "tool-outputs"
@@ -410,7 +411,8 @@ class Session:
     def messages(self) -> list[dict[str, Any]]:
         """The conversation to send: `message` entries in order, reset by each `compaction`.
 
-        A compaction entry's `messages` list replaces the whole history before it.
+        A compaction entry's `messages` list replaces the whole history before it; a `reminder`
+        entry's text was appended to the message before it when it was sent.
         """
         return _rebuild_messages(self.entries())
 
@@ -435,6 +437,8 @@ def _rebuild_messages(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             history.append(entry["message"])
         elif kind == "compaction" and isinstance(entry.get("messages"), list):
             history = [m for m in entry["messages"] if isinstance(m, dict)]
+        elif kind == "reminder" and history and isinstance(entry.get("text"), str):
+            history[-1] = with_note(history[-1], entry["text"])
     return history
 
 

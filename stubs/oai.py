@@ -15,8 +15,9 @@ SIGINT. In-process::
 Endpoints: ``POST /v1/chat/completions`` (and ``/chat/completions``), ``GET /v1/models``,
 ``GET /props`` (llama.cpp; 404 unless a window is set), ``GET /health``, ``GET /_stub/requests``,
 ``GET /_stub/arrivals`` (``time.time()`` of each chat request's arrival, for benchmarks that
-time a client from outside), ``GET /_stub/rejections``. The script format is described in
-``stubs/script.py``.
+time a client from outside), ``GET /_stub/rejections``; in template mode ``GET /_stub/prompts``
+(each request rendered) and ``GET /_stub/answers`` (the assistant message that answered it;
+null for a fault). The script format is described in ``stubs/script.py``.
 
 Strict mode answers what a strict chat template rejects (``stubs.strict.validate``) with
 llama.cpp's 400 body; a window answers an oversized prompt with the C++ llama-server's
@@ -210,7 +211,8 @@ class _Answer:
         self.finish_reason: str = reply.get("finish_reason") or (
             "tool_calls" if self.tool_calls else "stop"
         )
-        given = reply.get("usage") if isinstance(reply.get("usage"), Mapping) else {}
+        usage = reply.get("usage")
+        given: Mapping[str, Any] = usage if isinstance(usage, Mapping) else {}
         # Counting a long prompt costs more than serving it; a script that states both figures
         # skips it, so a benchmark of long sessions measures the client, not the stub.
         prompt = given.get("prompt_tokens")
@@ -327,6 +329,7 @@ class StubServer(ScriptedServer):
             template = TemplateRenderer.from_file(template)
         self.renderer = template
         self.prompts: list[str | None] = []  # the rendered prompt of each request (None: refused)
+        self.answers: list[dict[str, Any] | None] = []  # the message that answered each of them
         self.chat_template = template.source if template is not None else chat_template
         self._rejections: list[tuple[int, str]] = []
         self._overflows: list[tuple[int, int]] = []
@@ -360,6 +363,7 @@ class StubServer(ScriptedServer):
         app.router.add_get("/_stub/arrivals", self._stub_arrivals)
         app.router.add_get("/_stub/rejections", self._stub_rejections)
         app.router.add_get("/_stub/prompts", self._stub_prompts)
+        app.router.add_get("/_stub/answers", self._stub_answers)
 
     # -- handlers -------------------------------------------------------------------------------
 
@@ -401,6 +405,10 @@ class StubServer(ScriptedServer):
         with self._lock:
             return web.json_response(list(self.prompts))
 
+    async def _stub_answers(self, request: web.Request) -> web.Response:
+        with self._lock:
+            return web.json_response(list(self.answers))
+
     def _render(self, index: int, body: Mapping[str, Any]) -> str | None:
         """Template mode: render ``body``, record the prompt; the refusal message, if any."""
         assert self.renderer is not None
@@ -411,6 +419,7 @@ class StubServer(ScriptedServer):
             prompt, refusal = None, str(e)
         with self._lock:
             self.prompts.append(prompt)
+            self.answers.append(None)
             if refusal is not None:
                 self._rejections.append((index, refusal))
         return refusal
@@ -449,7 +458,7 @@ class StubServer(ScriptedServer):
                 err["error"]["n_ctx"] = window
                 return web.json_response(err, status=400)
 
-        reply = self.script.next()
+        reply = self.script.next(_last_user_text(body))
         if reply.get("barrier"):
             await self._barrier(int(reply["barrier"]))
         delay = reply.get("delay")
@@ -460,6 +469,9 @@ class StubServer(ScriptedServer):
         if fault is not None:
             return await self._fault(request, body, reply, fault, stream)
         answer = _Answer(reply, body, self._next_call_id)
+        if self.renderer is not None:
+            with self._lock:
+                self.answers[len(self.prompts) - 1] = answer.message()
         if stream:
             return await self._stream(request, body, reply, answer)
         return await self._body(request, _dumps(self._completion(body, answer)))

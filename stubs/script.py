@@ -4,10 +4,13 @@ A script is a JSON object (file or dict)::
 
     {"model": "stub-model",
      "replies": [{"content": "Hello"}, {"echo": true}, {"fault": "status", "status": 429}],
-     "default": {"echo": true}}
+     "default": {"echo": true},
+     "when_asked": {"Summarize": {"content": "a summary"}}}
 
 or just the list of replies. Each chat request consumes one reply; once they run out every
-request gets ``default``. Keys are checked when the script is built, so a typo fails the test
+request gets ``default``. ``when_asked`` maps a text to a reply given, consuming nothing, to
+every request whose last user message contains that text (a summary request, which the client
+sends when it chooses). Keys are checked when the script is built, so a typo fails the test
 that wrote it instead of silently answering something else. Never imports ``nexpy``.
 """
 
@@ -63,7 +66,7 @@ REPLY_KEYS = frozenset(
     }
 )
 
-SCRIPT_KEYS = frozenset({"model", "replies", "default"})
+SCRIPT_KEYS = frozenset({"model", "replies", "default", "when_asked"})
 
 
 def _check_reply(reply: Any, where: str) -> dict[str, Any]:
@@ -103,8 +106,13 @@ class Script:
         *,
         model: str = "stub-model",
         default: Mapping[str, Any] | None = None,
+        when_asked: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.model = model
+        self.when_asked = {
+            text: _check_reply(reply, f"when_asked[{text!r}]")
+            for text, reply in (when_asked or {}).items()
+        }
         self._replies = [_check_reply(r, f"replies[{i}]") for i, r in enumerate(replies)]
         self.default = _check_reply(default if default is not None else {"echo": True}, "default")
         self._cursor = 0
@@ -126,6 +134,7 @@ class Script:
             obj.get("replies") or (),
             model=obj.get("model") or "stub-model",
             default=obj.get("default"),
+            when_asked=obj.get("when_asked"),
         )
 
     @classmethod
@@ -134,10 +143,17 @@ class Script:
         with open(path, encoding="utf-8") as f:
             return cls.from_obj(json.load(f))
 
-    def next(self) -> dict[str, Any]:
-        """Consume and return (a copy of) the next reply, or the default once they run out."""
+    def next(self, asked: str = "") -> dict[str, Any]:
+        """Consume and return (a copy of) the next reply, or the default once they run out.
+
+        `asked` is the request's last user message: one that contains a `when_asked` text
+        gets that reply instead, consuming nothing."""
         with self._lock:
-            if self._cursor < len(self._replies):
+            reply: dict[str, Any]
+            matched = [r for t, r in self.when_asked.items() if t in asked]
+            if matched:
+                reply = matched[0]
+            elif self._cursor < len(self._replies):
                 reply = self._replies[self._cursor]
                 self._cursor += 1
             else:

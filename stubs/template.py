@@ -26,7 +26,7 @@ import json
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import jinja2
 import jinja2.ext
@@ -44,7 +44,7 @@ class _Generation(jinja2.ext.Extension):
     """``{% generation %}…{% endgeneration %}``: transformers' AssistantTracker, minus the
     mask it records (rendering is all this engine needs)."""
 
-    tags: ClassVar[set[str]] = {"generation"}
+    tags = {"generation"}  # noqa: RUF012 (jinja2 declares it an instance attribute)
 
     def parse(self, parser: Any) -> Any:
         lineno = next(parser.stream).lineno
@@ -138,8 +138,11 @@ class TemplateRenderer:
         path = Path(path)
         return cls(path.read_text(encoding="utf-8"), name=path.stem, **kw)
 
-    def render(self, body: Mapping[str, Any]) -> str:
-        """The prompt for the chat request ``body``; raises TemplateRefusal when refused."""
+    def render(self, body: Mapping[str, Any], *, generation: bool = True) -> str:
+        """The prompt for the chat request ``body``; raises TemplateRefusal when refused.
+
+        ``generation`` False renders without the generation prompt: with the answer appended
+        to the messages, what a server's prompt cache holds after answering."""
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise TemplateRefusal("messages must be a non-empty list")
@@ -151,7 +154,7 @@ class TemplateRenderer:
             "messages": _postprocess(messages),
             "tools": copy.deepcopy(tools),
             "documents": None,
-            "add_generation_prompt": True,
+            "add_generation_prompt": generation,
             **extra,
         }
         try:

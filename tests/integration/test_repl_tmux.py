@@ -639,3 +639,14 @@ def test_the_approval_mode_is_in_the_status_line_and_auto_edit_asks_only_for_bas
         # --yes is yolo, over the config. Waited for: a warning printed above the prompt as it
         # starts hides the status line for a moment.
         repl(srv).wait("│ approval yolo │", "yolo in the status line")
+
+
+def test_the_status_line_says_the_prompt_is_processed_then_the_answers_rate(repl) -> None:
+    # A server that takes 3 s before the first token (a long prefill), then streams slowly.
+    slow = {"content": " ".join(["word"] * 40), "delay": 3, "chunk_delay": 0.1}
+    with stub_server({"replies": [slow]}, strict=True) as srv:
+        pane = repl(srv)
+        pane.send("go")
+        pane.wait("processing prompt…", "the prefill status while the server is silent")
+        pane.wait(lambda s: re.search(r"answering · \d+ tok/s", s), "the answer's rate")
+        pane.wait_prompt()

@@ -205,3 +205,17 @@ def test_ollama_dead_kept_alive_connection_is_sent_again(nex_env: NexEnv) -> Non
     assert "retrying" not in result.stderr
     before, died, again = chats[-3:]
     assert died["port"] == before["port"] and again["port"] != died["port"]
+
+
+def test_doctor_reports_what_the_server_cached_of_a_repeated_request(nex_env: NexEnv) -> None:
+    cached = {"content": "ok", "usage": {"prompt_tokens_details": {"cached_tokens": 40}}}
+    with StubServer({"default": {"content": "ok"}}) as srv:
+        silent = nex_env.run("doctor", "-m", "local:stub-model", "-e", srv.url)
+    with StubServer({"default": cached}) as srv:
+        caching = nex_env.run("doctor", "-m", "local:stub-model", "-e", srv.url)
+        sent = srv.requests
+    assert "prompt cache  the server does not report cached tokens" in silent.stdout
+    row = next(line for line in caching.stdout.splitlines() if "prompt cache" in line)
+    assert row.split()[0] == "ok" and "prompt tokens processed, the rest cached" in row, row
+    # llama.cpp's route asks the server to keep the cache.
+    assert all(body.get("cache_prompt") is True for body in sent)

@@ -236,3 +236,60 @@ async def test_window_discovery_runs_once_before_the_first_request(tmp_path: Pat
     contexts = [e for e in events if e["type"] == "context"]
     assert contexts and all(e["window"] == 8192 and e["used"] > 0 for e in contexts)
     assert json.dumps(contexts)  # plain data, as the --json stream needs
+
+
+def _filled(tmp_path: Path, model: Fake, fill: float) -> tuple[Agent, Session]:
+    """An agent on a 4,096 window whose history (a task and tool rounds) fills `fill` of its
+    room, give or take one round."""
+    history = _rounds(0)[:1]
+    agent, session, _ = _agent(tmp_path, model, Budget(4096, "flag"), history)
+    context, k = agent.context, 0
+    fixed = context._fixed(agent.schemas)
+    while context.budget.fill(context.build(agent.schemas).counted, fixed) < fill:
+        call = {"id": f"c{k}", "type": "function", "function": {"name": "bash", "arguments": "{}"}}
+        for message in (assistant(f"step {k}", [call]), tool_result(f"c{k}", "line\n" * 40)):
+            agent._record(message)
+        k += 1
+    return agent, session
+
+
+async def test_the_reminder_rides_once_on_the_newest_message_and_keeps_its_bytes(
+    tmp_path: Path,
+) -> None:
+    model = Fake(_answers())
+    agent, session = _filled(tmp_path, model, 0.8)
+    assert await agent.send("next") == "ok"
+    assert await agent.send("more") == "ok"
+    first, second = model.requests[0][0], model.requests[1][0]
+    assert "context window is" in first[-1]["content"]  # on the newest message, at its end
+    assert first[-1]["content"].startswith("next")
+    assert first[1]["content"] == "THE TASK: tidy the repo"  # never in an earlier turn
+    # The next request carries the same bytes where the first left off, and no second note.
+    assert second[: len(first)] == first
+    assert "context window is" not in second[-1]["content"]
+    notes = [e for e in session.entries() if e["kind"] == "reminder"]
+    assert len(notes) == 1
+    # A resume sends the same bytes too.
+    assert session.messages()[: len(first) - 1] == first[1:]
+
+
+async def test_the_summary_is_asked_at_the_end_of_the_conversation_as_sent(
+    tmp_path: Path,
+) -> None:
+    model = Fake(_answers())
+    agent, _ = _filled(tmp_path, model, 0.97)
+    # One more round tips it over: compaction, asking the summary after what was cached.
+    call = {"id": "last", "type": "function", "function": {"name": "bash", "arguments": "{}"}}
+    agent._record(assistant("one more", [call]))
+    agent._record(tool_result("last", "line\n" * 120))
+    before = agent.context.build(agent.schemas).messages
+    assert await agent.send("next") == "ok"
+    asked, with_tools, _ = model.requests[0]
+    assert with_tools  # the same tools: the rendered prompt is the same up to the question
+    assert asked[: len(before)] == before
+    assert "Write a summary of the conversation" in asked[-1]["content"]
+    # One compaction event, down to about half of the room.
+    context = agent.context
+    fill = context.budget.fill(context.build(agent.schemas).counted, context._fixed(agent.schemas))
+    assert fill < 0.6, fill
+    assert "Summary: earlier steps ran bash." not in str(asked)

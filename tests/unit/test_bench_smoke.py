@@ -106,3 +106,34 @@ def test_targets_mark_pass_and_miss_and_the_table_shows_them() -> None:
         in text
     )
     assert "+70 MB" in text and "MISS" in text
+
+
+def test_prefill_counts_what_a_one_slot_cache_processes_again() -> None:
+    from bench.prefill import TEMPLATE, compaction_events, measure
+    from stubs.template import TemplateRenderer
+
+    if not TEMPLATE.is_file():
+        pytest.skip(f"no {TEMPLATE} (make peers)")
+    renderer = TemplateRenderer.from_file(TEMPLATE)
+    tools = [{"type": "function", "function": {"name": "t", "parameters": {"type": "object"}}}]
+    call = {"id": "c1", "type": "function", "function": {"name": "t", "arguments": "{}"}}
+    ask = [{"role": "system", "content": "S"}, {"role": "user", "content": "task"}]
+    answer = {"role": "assistant", "content": "", "tool_calls": [call]}
+    grown = [*ask, answer, {"role": "tool", "tool_call_id": "c1", "content": "result"}]
+    changed = [{"role": "system", "content": "S"}, {"role": "user", "content": "task!"}, *grown[2:]]
+    bodies = [{"messages": m, "tools": tools} for m in (ask, grown, changed)]
+    prompts = [renderer.render(b) for b in bodies]
+    answers = [
+        answer,
+        {"role": "assistant", "content": "done"},
+        {"role": "assistant", "content": "x"},
+    ]
+    prefilled, ideal, breaks = measure(renderer, bodies, prompts, answers)
+    assert breaks == 1  # the third rewrote the task
+    new_tail = len(prompts[1]) - len(
+        renderer.render({**bodies[1], "messages": grown[:3]}, generation=False)
+    )
+    assert ideal == len(prompts[0]) + 2 * new_tail
+    assert prefilled > ideal
+    journal = [{"kind": "compaction", "reason": "context"}] * 2 + [{"kind": "message"}]
+    assert compaction_events(journal + journal) == 2  # steps of one event count once

@@ -69,9 +69,27 @@ def test_nothing_configured_means_nothing_set(tmp_path: Path) -> None:
     plan = _plan(tmp_path, "local:llama3", "http://127.0.0.1:9/v1")
     assert plan.settings == {} and "temperature" not in plan.line()
     kwargs = LitellmModel(plan, window=8192).request_kwargs([], None, stream=True, max_tokens=500)
-    for key in ("temperature", "top_p", "reasoning_effort", "extra_body"):
+    for key in ("temperature", "top_p", "reasoning_effort"):
         assert key not in kwargs
     assert kwargs["max_tokens"] == 500
+    # Only what llama.cpp (the local route's server) reads to keep its prompt cache.
+    assert kwargs["extra_body"] == {"cache_prompt": True}
+
+
+def test_ollama_keeps_the_model_loaded_between_turns(tmp_path: Path) -> None:
+    _config(tmp_path, "")
+    plan = _plan(tmp_path, "ollama:qwen3:8b", "http://127.0.0.1:9")
+    kwargs = LitellmModel(plan, window=8192).request_kwargs([], None, stream=True, max_tokens=500)
+    # litellm's ollama_chat puts it at the top of the /api/chat body (checked on the stub).
+    assert kwargs["extra_body"] == {"keep_alive": "30m"}
+
+
+@pytest.mark.parametrize("model", ["vllm:llama3", "openai:gpt-4.1", "oai-compat:m"])
+def test_servers_that_may_refuse_unknown_fields_get_none(tmp_path: Path, model: str) -> None:
+    _config(tmp_path, "")
+    plan = _plan(tmp_path, model, "http://127.0.0.1:9/v1")
+    kwargs = LitellmModel(plan, window=8192).request_kwargs([], None, stream=True, max_tokens=500)
+    assert "extra_body" not in kwargs
 
 
 def test_the_local_file_overrides_a_table_of_the_same_name(tmp_path: Path) -> None:
@@ -88,6 +106,7 @@ def test_request_kwargs_put_non_openai_fields_in_the_body(tmp_path: Path) -> Non
     assert (kwargs["temperature"], kwargs["top_p"]) == (0.6, 0.5)
     assert kwargs["max_tokens"] == 1024  # the user's lower cap
     assert kwargs["extra_body"] == {
+        "cache_prompt": True,
         "top_k": 20,
         "min_p": 0.05,
         "chat_template_kwargs": {"enable_thinking": False},

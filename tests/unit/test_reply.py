@@ -69,3 +69,19 @@ def test_dedup_shows_what_the_plain_rule_shows(attempts: list[list[str]]) -> Non
             fast(piece)
             slow(piece)
     assert "".join(ours) == "".join(ref)
+
+
+def test_usage_carries_what_the_server_processed_beside_what_it_had_cached() -> None:
+    from nexpy.reply import ReplyReader
+
+    # As the C++ llama-server sends it (measured with /work/bin/llama-server): the OpenAI
+    # field, mirrored by its own timings.cache_n / prompt_n.
+    reader = ReplyReader(None, lambda _: None)
+    reader.add({"choices": [{"delta": {"content": "ok"}, "finish_reason": "stop"}]})
+    usage = {"prompt_tokens": 294, "completion_tokens": 3}
+    reader.add({"choices": [], "usage": {**usage, "prompt_tokens_details": {"cached_tokens": 269}}})
+    assert reader.reply("x", "y").usage == {**usage, "cached_tokens": 269, "processed_tokens": 25}
+    # A server that does not say keeps the usage as it was.
+    plain = ReplyReader(None, lambda _: None)
+    plain.add({"choices": [{"delta": {"content": "ok"}, "finish_reason": "stop"}], "usage": usage})
+    assert plain.reply("x", "y").usage == usage

@@ -630,3 +630,23 @@ def test_command_line_prints_url_and_serves(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_when_asked_answers_a_request_by_its_text_and_consumes_nothing() -> None:
+    import httpx
+
+    from stubs.oai import stub_server
+
+    script = {"replies": [{"content": "first"}], "when_asked": {"Summarize": {"content": "sum"}}}
+    with stub_server(script) as srv:
+
+        def ask(text: str) -> str:
+            body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+            reply = httpx.post(srv.url + "/chat/completions", json=body).json()
+            return str(reply["choices"][0]["message"]["content"])
+
+        assert [ask("Summarize this"), ask("go"), ask("Please Summarize")] == [
+            "sum",
+            "first",
+            "sum",
+        ]
