@@ -292,6 +292,11 @@ RULES: tuple[Rule, ...] = (
             r"tools? (param|are )?not supported",
             # a template without a tool role (gemma 2) sees a tool result break the alternation
             r"roles must alternate",
+            # templates whose tool-call code only llama.cpp's engine runs, refused by
+            # transformers' immutable sandbox (Kimi K2: list.append) or its tojson (llama.cpp's
+            # DeepSeek R1: a generator); without calls in history they render
+            r"of 'list' object is unsafe",
+            r"object of type generator is not json serializable",
         ),
         "tools described in the system prompt, calls recovered from text",
     ),

@@ -53,6 +53,14 @@ _UNPARSED = re.compile(
     r"|failed to parse input at pos \d+",
     re.IGNORECASE,
 )
+
+
+def unparsed_output(text: str) -> bool:
+    """Whether a server's error says its output parser failed on what the model wrote (the
+    request itself rendered)."""
+    return _UNPARSED.search(text) is not None
+
+
 _HTML_TITLE = re.compile(r"<(?:title|h1)[^>]*>(.*?)</(?:title|h1)>", re.IGNORECASE | re.DOTALL)
 # litellm stacks its class names in front of the server's words: "litellm.InternalServerError:
 # InternalServerError: OpenAIException - stub fault". Strip them one by one.
@@ -117,8 +125,8 @@ def _json_message(data: Any) -> str | None:
     return None
 
 
-def server_words(text: str) -> str:
-    """What a server words in an error body, as one short line a person can read."""
+def server_words(text: str, width: int = 200) -> str:
+    """What a server words in an error body, as one line a person can read (cut to `width`)."""
     text = _strip_prefixes(text)
     brace = text.find("{")
     if brace >= 0:
@@ -127,13 +135,13 @@ def server_words(text: str) -> str:
         except ValueError:
             message = None
         if message:
-            return one_line(message)
+            return one_line(message, width)
     lowered = text.lower()
     if "<html" in lowered or "<!doctype html" in lowered:
         m = _HTML_TITLE.search(text)
         title = " ".join(m.group(1).split()) if m else ""
         return f"an HTML page{f' ({title!r})' if title else ''}, likely from a proxy"
-    return one_line(text) or "no details"
+    return one_line(text, width) or "no details"
 
 
 def _body_of(chain: list[BaseException]) -> str | None:
@@ -303,6 +311,7 @@ def classify(
         # conversation cannot help.
         return BadRequestError(
             f"HTTP {status} from {where}: the chat template rejected the conversation ({words})",
+            refusal=server_words(body or str(exc), width=4000),
             hint="the model's template cannot render it (tool messages?); use a tool-capable "
             "template: llama.cpp --jinja or --chat-template-file",
             status=status,
@@ -322,6 +331,7 @@ def classify(
     if status == 400 or name in ("BadRequestError", "UnprocessableEntityError"):
         return BadRequestError(
             f"HTTP {status or 400} from {where}: {words}",
+            refusal=server_words(body or str(exc), width=4000),
             hint="the server rejected the request; run: nex doctor -m " + str(plan.spec),
             status=status,
         )

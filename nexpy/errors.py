@@ -6,6 +6,8 @@ The exit code travels with the error so the CLI never decides it twice.
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -101,7 +103,15 @@ class NotFoundError(ProviderError):
 
 
 class BadRequestError(ProviderError):
+    """The server refused this request as it is. `refusal` is the server's whole message (the
+    line shown is cut short; llama.cpp wraps a template's own words deep in a long one), which
+    is what nexpy.adapt reads to learn a reshaping."""
+
     kind = "bad_request"
+
+    def __init__(self, message: str, *, refusal: str = "", **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.refusal = refusal or message
 
 
 class ContextOverflow(ProviderError):

@@ -208,7 +208,7 @@ class LitellmModel:
         Bounded: each rule is learned once, so a refusal no rule answers ends as before."""
         if not isinstance(error, BadRequestError):
             return False
-        rule = adapt.learn(error.message, self.adaptations)
+        rule = adapt.learn(error.refusal, self.adaptations)
         if rule is None:
             return False
         self.adaptations.append(rule.name)

@@ -11,12 +11,9 @@ from tests.peers.llama_server import SERVER_BIN, LlamaServerPool
 
 # Templates the transformers engine cannot render for some requests nex sends, whatever the
 # adaptation (measured by this tier and the property): their rows are xfails with the engine's
-# message. One that starts passing fails its test: drop it from here then.
-INCOMPATIBLE = {
-    "llama-cpp-deepseek-r1": "llama.cpp's own template: tojson of a generator",
-    "Kimi-K2-Instruct": "list.append in the immutable sandbox",
-    "Kimi-K2-Thinking": "list.append in the immutable sandbox",
-}
+# message. One that starts passing fails its test: drop it from here then. Empty since Kimi K2
+# and llama.cpp's DeepSeek R1 template are adapted (tools-in-prompt).
+INCOMPATIBLE: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session")

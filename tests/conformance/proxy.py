@@ -8,6 +8,9 @@ request is answered with the next scripted reply; a refusal goes back to nex ver
 itself must learn the adaptation (``nexpy.adapt``, through the request path) and send the request
 again. What nex learned is read from its journal, not from here.
 
+An engine whose output parser fails on the one random token the tiny model writes (llama.cpp's
+"does not match the expected … format") rendered the request: that counts as accepted.
+
 A request without ``tools`` (nex has learned ``tools-in-prompt``: the tools are described in the
 system prompt) gets its scripted tool calls as Hermes ``<tool_call>`` text, which nex must
 recover with its text extractor.
@@ -22,6 +25,7 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+from nexpy.classify import unparsed_output
 from stubs.oai import StubServer
 
 
@@ -33,8 +37,8 @@ class _TextCalls:
         self.model = script.model
         self.textual = False  # set per request by the proxy
 
-    def next(self) -> dict[str, Any]:
-        reply = dict(self._script.next())
+    def next(self, asked: str = "") -> dict[str, Any]:
+        reply = dict(self._script.next(asked))
         calls = reply.get("tool_calls")
         if not calls or not self.textual:
             return reply
@@ -75,6 +79,10 @@ class ScriptingProxy(StubServer):
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = json.loads(await request.read())  # aiohttp keeps it for the scripted answer
         status, raw = await self._engine(body)
+        if status >= 400 and unparsed_output(error_message(raw)):
+            # llama.cpp rendered the prompt and then failed to parse the one random token the
+            # tiny model wrote: a fact about that token, not about the request.
+            status = 200
         if status >= 400:
             self.refusals.append(error_message(raw))
             return web.Response(status=status, body=raw, content_type="application/json")

@@ -49,6 +49,13 @@ def receive(workeroutput: dict[str, Any]) -> None:
         ROWS[(r.template, r.engine)] = r
 
 
+def headline(refusal: str) -> str:
+    """What a refusal says, without the engine's wrapping: llama.cpp puts the template's own
+    words after "Jinja Exception:" at the end of a long trace."""
+    words = refusal.rsplit("Exception:", 1)[-1] if "Jinja Exception:" in refusal else refusal
+    return " ".join(words.split())[:110]
+
+
 def report(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the table, if this process has rows."""
     if not ROWS:
@@ -61,8 +68,8 @@ def report(terminalreporter: pytest.TerminalReporter) -> None:
     for r in sorted(ROWS.values(), key=lambda r: (r.template.lower(), r.engine)):
         outcome = r.outcome + (f" ({', '.join(r.learned)})" if r.learned else "")
         counts[f"{r.engine} {r.outcome}"] = counts.get(f"{r.engine} {r.outcome}", 0) + 1
-        refusal = r.first_refusal.replace("\n", " ")[:110]
+        refusal = headline(r.first_refusal)
         write(f"{r.template:<{width}}  {r.engine:<12}  {outcome:<12}  {refusal}")
         for later in r.refusals[1:]:
-            write(f"{'':<{width}}  {'':<12}  {'':<12}  then: {later.replace(chr(10), ' ')[:110]}")
+            write(f"{'':<{width}}  {'':<12}  {'':<12}  then: {headline(later)}")
     write(" · ".join(f"{n} {k}" for k, n in sorted(counts.items())))

@@ -71,6 +71,12 @@ def test_every_rule_has_a_refusal_and_is_learned_from_it() -> None:
         learned = adapt.learn(refusal)
         assert learned is not None and learned.name == name, refusal
     assert adapt.learn("the request exceeds the available context size") is None
+    # tool-call code only llama.cpp's engine runs, refused by transformers' sandbox
+    for refusal in (
+        "access to attribute 'append' of 'list' object is unsafe.",  # Kimi K2
+        "TypeError: Object of type generator is not JSON serializable",  # llama.cpp's R1
+    ):
+        assert adapt.learn(refusal) == adapt.rule("tools-in-prompt"), refusal
     # nex leaves "content" out of a call-only assistant turn; templates that read it say so.
     for refusal in (
         "'dict object' has no attribute 'content'",
