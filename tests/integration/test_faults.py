@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import time
 from typing import Any
 
 import pytest
@@ -95,11 +94,11 @@ def test_connection_refused_is_retried_then_one_line(nex_env: NexEnv) -> None:
 
 
 def test_unknown_host_is_one_line_without_retries(nex_env: NexEnv) -> None:
-    started = time.monotonic()
     result = _run(nex_env, "http://no-such-host.invalid:8080")
     line = _failed(nex_env, result, "cannot resolve the host of http://no-such-host.invalid:8080")
+    # No retries: neither a retry warning nor an attempt count (a timing bound here would
+    # measure the machine's load, not nex).
     assert "attempts" not in line and "retrying" not in result.stderr
-    assert time.monotonic() - started < 30
 
 
 def test_tls_to_a_plain_http_port(nex_env: NexEnv) -> None:

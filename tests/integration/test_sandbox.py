@@ -557,7 +557,8 @@ def test_timeout_still_kills_everything_the_command_started(tmp_path: Path) -> N
     command = "setsid sleep 300 & (sleep 301 &) ; echo up; sleep 302"
     with pytest.raises(ToolError, match="timed out"):
         asyncio.run(run_command(command, ctx, 0.5))
-    assert time.monotonic() - started < 5
+    # Not a speed target: the command would run 300 s if the timeout did not kill it.
+    assert time.monotonic() - started < 60
     time.sleep(0.2)
     left = subprocess.run(["pgrep", "-f", "sleep 30[012]"], capture_output=True, text=True)
     assert left.stdout == "", "a sandboxed process outlived the timeout"
