@@ -81,7 +81,7 @@ test: $(STAMP) peers apt-tools
 	$(BIN)/ruff check nexpy handlers stubs tests bench
 	$(BIN)/ruff format --check nexpy handlers stubs tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q -rs -p no:cacheprovider -n 2 --dist loadgroup
+	$(BIN)/pytest -q -rs -p no:cacheprovider -n 2 --dist loadfile
 
 # The conformance tier alone: every real chat template on both rendering engines, and its table.
 conformance: $(STAMP) peers

@@ -22,8 +22,8 @@ from tests.conformance.conftest import INCOMPATIBLE
 from tests.peers.llama_server import real_templates
 
 EXAMPLES = 2_000
-# One worker runs the file in order: the per-template checks read what the property recorded.
-pytestmark = pytest.mark.xdist_group("conformance-property")
+# One worker runs the file in order (`make test`: xdist --dist loadfile): the per-template
+# checks read what the property recorded.
 
 TOOLS = [
     {

@@ -47,8 +47,9 @@ from tests.conformance.table import row
 from tests.conftest import NexEnv
 from tests.peers.llama_server import LlamaServerPool, ServerFailed, real_templates
 
-# One xdist group: one worker runs the tier in order, one llama-server per template at a time.
-pytestmark = [pytest.mark.peer, pytest.mark.timeout(240), pytest.mark.xdist_group("conformance")]
+# `make test` distributes by file (xdist --dist loadfile): one worker runs this tier in order,
+# one llama-server per template at a time.
+pytestmark = [pytest.mark.peer, pytest.mark.timeout(240)]
 
 TEMPLATES = real_templates()
 ENGINES = ("transformers", "llama.cpp")
