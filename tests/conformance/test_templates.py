@@ -45,7 +45,7 @@ from tests.conformance.conftest import INCOMPATIBLE
 from tests.conformance.proxy import ScriptingProxy, error_message
 from tests.conformance.table import row
 from tests.conftest import NexEnv
-from tests.peers.llama_server import LlamaServerPool, ServerFailed, real_templates
+from tests.peers.llama_server import BASH_TOOL, LlamaServerPool, ServerFailed, real_templates
 
 # `make test` distributes by file (xdist --dist loadfile): one worker runs this tier in order,
 # one llama-server per template at a time.
@@ -150,25 +150,11 @@ def nex(nex_env: NexEnv, monkeypatch: pytest.MonkeyPatch, capfd: Any) -> InProce
     return InProcessNex(nex_env, monkeypatch, capfd)
 
 
-PROBE_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "bash",
-        "description": "Run a shell command",
-        "parameters": {
-            "type": "object",
-            "properties": {"command": {"type": "string"}},
-            "required": ["command"],  # command-r+ reads it: without, the probe itself fails
-        },
-    },
-}
-
-
 def _unrenderable(url: str) -> str | None:
     """The engine's refusal of a lone user message, with tools and without, if it refuses
     both: then no request nex could send renders."""
     refusal = None
-    for extra in ({}, {"tools": [PROBE_TOOL]}):
+    for extra in ({}, {"tools": [BASH_TOOL]}):
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
         r = httpx.post(url + "/chat/completions", json={**body, **extra}, timeout=60)
         if r.status_code < 400:

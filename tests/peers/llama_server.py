@@ -31,6 +31,22 @@ SERVER_BIN = LIB_DIR / "llama-server"
 STARTUP = 60.0  # seconds for a server to load the tiny model and answer /health
 
 
+# A bash tool as nex describes its own: the command is a required field (command-r+'s template
+# reads `required`; without it even a probe fails).
+BASH_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "bash",
+        "description": "Run a shell command",
+        "parameters": {
+            "type": "object",
+            "properties": {"command": {"type": "string"}},
+            "required": ["command"],
+        },
+    },
+}
+
+
 def real_templates() -> list[Path]:
     """Every chat template the sdist vendors, by name (empty when `make peers` has not run)."""
     return sorted(TEMPLATES.glob("*.jinja"))

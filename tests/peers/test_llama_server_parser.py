@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import NexEnv
-from tests.peers.llama_server import SERVER_BIN, TEMPLATES, LlamaCppServer
+from tests.peers.llama_server import BASH_TOOL, SERVER_BIN, TEMPLATES, LlamaCppServer
 
 pytestmark = [pytest.mark.peer, pytest.mark.timeout(300)]
 
@@ -64,28 +64,12 @@ def _post(url: str, body: dict) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "bash",
-            "description": "Run a shell command",
-            "parameters": {
-                "type": "object",
-                "properties": {"command": {"type": "string"}},
-                "required": ["command"],
-            },
-        },
-    }
-]
-
-
 @pytest.mark.parametrize("tools", [True, False], ids=["with-tools", "without-tools"])
 def test_the_server_refuses_its_own_models_output(command_r7b: LlamaCppServer, tools: bool) -> None:
     """The fault itself, on the wire: a 500 naming the parser, every time, tools or not."""
     body: dict = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 64}
     if tools:
-        body["tools"] = TOOLS
+        body["tools"] = [BASH_TOOL]
     for _ in range(3):
         status, text = _post(command_r7b.url + "/chat/completions", body)
         assert status == 500 and PARSER_500 in text, (status, text)
