@@ -69,7 +69,7 @@ QUICK = Settings(
     memory_turns=5,
     sandbox_reps=8,
     prefill_rounds=60,
-    prefill_real=True,
+    prefill_real=False,  # the replay costs ~3 min: the full run only
 )
 
 SETTINGS = {s.name: s for s in (FULL, QUICK)}
