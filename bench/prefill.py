@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from bench.harness import NEX, ROOT, Figure, at_most, clean_env, figure
 from bench.settings import Context
@@ -36,6 +38,9 @@ TEMPLATE = (
 )
 WINDOW = 4096  # the issue's small window: compaction every so often
 ROOMY = 262_144  # no context pressure at all
+# The replay server's context: the roomy session's last prompt in the tiny model's byte-level
+# tokens (about one a character: ~70k), with room to spare.
+SERVER_CTX = 131_072
 # What nex's two kinds of summary request carry in their last user message.
 ASKED_HERE = SUMMARIZE_HERE.split(",")[0]
 ASKED_ALONE = "The conversation excerpt to summarize"
@@ -55,6 +60,7 @@ class Prefill:
     breaks: int  # conversation requests that did not extend the previous one
     compactions: int  # compaction events in the journal
     exit_code: int
+    bodies: list[dict[str, Any]] = field(default_factory=list, repr=False)  # as the stub got them
 
     @property
     def ratio(self) -> float:
@@ -178,16 +184,134 @@ def session(
         journal = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     prefilled, ideal, breaks = measure(renderer, bodies, prompts, answers)
     return Prefill(
-        len(bodies), prefilled, ideal, breaks, compaction_events(journal), proc.returncode
+        len(bodies), prefilled, ideal, breaks, compaction_events(journal), proc.returncode, bodies
     )
 
 
+# -- the real llama-server: the recorded requests, replayed -------------------------------------
+@dataclass
+class Replayed:
+    """What a one-slot `llama-server --jinja` processed of a recorded session, in its tokens."""
+
+    requests: int
+    processed: int  # sum of timings.prompt_n: prompt tokens the server evaluated
+    cached: int  # sum of timings.cache_n: prompt tokens it took from its cache
+    ideal: int  # tokens new since the previous request (see `new_tokens`)
+
+    @property
+    def ratio(self) -> float:
+        return self.processed / self.ideal if self.ideal else float("nan")
+
+
+def replay(base_url: str, bodies: list[dict[str, Any]]) -> Replayed:
+    """Send each recorded request, in order, to a llama-server with one slot and a prompt cache,
+    asking for one token (`max_tokens: 1`: the tiny model cannot play the session, but the prompt
+    is all that matters here), and add up what it says it processed.
+
+    The cache then holds each prompt plus one generated token, not the stub's answer, so a
+    request's ideal counts that answer as new too: the tokens after the previous prompt, i.e.
+    from the last assistant message on (the whole prompt for the first request). Summary
+    requests add nothing to the ideal, as in the stub rows: what compaction costs is overhead.
+
+    The server runs with its defaults otherwise: its host-memory prompt cache (`--cache-ram`)
+    may serve a prompt from an earlier state, which is what a user's server does too."""
+    processed = cached = ideal = 0
+    with httpx.Client(base_url=base_url, timeout=600) as client:
+        for body in bodies:
+            request: dict[str, Any] = {
+                "messages": body["messages"],
+                "max_tokens": 1,
+                "cache_prompt": True,
+                "stream": False,
+            }
+            if body.get("tools"):
+                request["tools"] = body["tools"]
+            response = client.post("/v1/chat/completions", json=request)
+            response.raise_for_status()
+            timings = response.json()["timings"]
+            processed += int(timings["prompt_n"])
+            cached += int(timings.get("cache_n") or 0)
+            if not _summary_request(body):
+                ideal += new_tokens(client, body)
+    return Replayed(len(bodies), processed, cached, ideal)
+
+
+def new_tokens(client: httpx.Client, body: dict[str, Any]) -> int:
+    """Tokens of a request's prompt from its last assistant message on, as the server renders
+    (`/apply-template`) and tokenizes (`/tokenize`) it."""
+    messages, tools = body["messages"], body.get("tools")
+    prompt = _render(client, messages, tools, generation=True)
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
+    if last < 0:
+        return _count(client, prompt)
+    # The previous prompt ended in the generation prompt (`<|im_start|>assistant\n`), which the
+    # assistant message then starts with: that much of it is not new.
+    head = _render(client, messages[:last], tools, generation=True)
+    return _count(client, prompt) - _count(client, prompt[: common_prefix(prompt, head)])
+
+
+def _render(
+    client: httpx.Client, messages: list[dict[str, Any]], tools: Any, *, generation: bool
+) -> str:
+    body: dict[str, Any] = {"messages": messages, "add_generation_prompt": generation}
+    if tools:
+        body["tools"] = tools
+    response = client.post("/apply-template", json=body)
+    response.raise_for_status()
+    return str(response.json()["prompt"])
+
+
+def _count(client: httpx.Client, text: str) -> int:
+    response = client.post("/tokenize", json={"content": text, "parse_special": True})
+    response.raise_for_status()
+    return len(response.json()["tokens"])
+
+
+def real_server(ctx: Context, sessions: list[tuple[str, float, Prefill]]) -> list[Figure]:
+    """The llama-server rows: each stub session's requests replayed on a fresh server."""
+    from tests.peers.gguf_model import OK_CHAIN, write_model
+    from tests.peers.llama_server import SERVER_BIN, LlamaCppServer
+
+    if not SERVER_BIN.is_file():
+        raise FileNotFoundError(f"{SERVER_BIN} (the C++ llama-server: make peers)")
+    model = write_model(
+        ctx.scratch / "qwen3-coder.gguf",
+        template=TEMPLATE.read_text(encoding="utf-8"),
+        chains=OK_CHAIN,
+        context_length=SERVER_CTX,
+    )
+    figures: list[Figure] = []
+    for name, target, session_ in sessions:
+        # A fresh server per session: the previous session's prompts must not warm its cache.
+        server = LlamaCppServer(model, ctx.scratch / f"llama-server-{len(figures)}.log", SERVER_CTX)
+        try:
+            got = replay(server.base_url, session_.bodies)
+        finally:
+            server.stop()
+        figures.append(
+            figure(
+                "prefill",
+                f"llama-server --jinja (tiny GGUF, Qwen3-Coder template), the {name} session "
+                "replayed",
+                got.processed,
+                "tokens",
+                ("ideal (only what is new)", got.ideal),
+                target=at_most(target),
+                note=f"sum of timings.prompt_n over {got.requests} requests, "
+                f"{got.cached:,} from its cache",
+            )
+        )
+    return figures
+
+
 def prefill(ctx: Context) -> list[Figure]:
-    """The stub rows: no context pressure, then a 4,096-token window with compaction."""
+    """The stub rows: no context pressure, then a 4,096-token window with compaction; then the
+    same two sessions replayed on the real llama-server."""
     if not TEMPLATE.is_file():
         raise FileNotFoundError(f"{TEMPLATE} (the llama-cpp-python sdist: make peers)")
     rounds = ctx.settings.prefill_rounds
     figures = []
+    sessions: list[tuple[str, float, Prefill]] = []
     for name, window, target in (
         ("no context pressure", ROOMY, 1.01),
         (f"{WINDOW:,}-token window, with compaction", WINDOW, 1.15),
@@ -207,4 +331,7 @@ def prefill(ctx: Context) -> list[Figure]:
                 f"{got.requests} requests",
             )
         )
+        sessions.append((name, target, got))
+    if ctx.settings.prefill_real:
+        figures += real_server(ctx, sessions)
     return figures

@@ -29,6 +29,7 @@ class Settings:
     memory_turns: int
     sandbox_reps: int  # bash calls timed with and without the sandbox, interleaved
     prefill_rounds: int  # tool rounds of the prefill sessions (the 60 in both: ~1 min)
+    prefill_real: bool  # replay them on the real llama-server too (make peers)
 
 
 FULL = Settings(
@@ -48,6 +49,7 @@ FULL = Settings(
     memory_turns=20,
     sandbox_reps=40,
     prefill_rounds=60,
+    prefill_real=True,
 )
 
 QUICK = Settings(
@@ -67,6 +69,7 @@ QUICK = Settings(
     memory_turns=5,
     sandbox_reps=8,
     prefill_rounds=60,
+    prefill_real=False,  # the replay costs ~3 min: the full run only
 )
 
 SETTINGS = {s.name: s for s in (FULL, QUICK)}

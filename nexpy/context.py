@@ -253,6 +253,10 @@ class Context:
         )
         attempts.append((alone, None))
         for messages, with_tools in attempts:
+            # A request is going out, as before any other: its wait (the whole conversation to
+            # prefill, a long summary to write) shows as progress, never as a hang.
+            counted = self.budget.counter.messages(messages, with_tools)
+            self.emit("context", used=self.budget.estimate(counted), window=self.budget.window)
             try:
                 reply = await self.model.complete(
                     messages, with_tools, lambda _: None, max_tokens=tokens

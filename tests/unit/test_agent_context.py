@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +16,9 @@ from nexpy.budget import Budget, TokenCounter
 from nexpy.compaction import is_note
 from nexpy.context import OVERFLOW_RETRIES
 from nexpy.errors import ContextOverflow, LimitReached, TransientError
-from nexpy.events import Emitter
+from nexpy.events import Emitter, ProgressSink, Sink
 from nexpy.messages import assistant, normalize, system, tool_result, user
+from nexpy.progress import Progress, Ticker
 from nexpy.reply import Reply, TextCallback
 from nexpy.session import Session
 from nexpy.tools import ToolContext, all_tools
@@ -63,7 +65,13 @@ class Fake:
         )
 
 
-def _agent(tmp_path: Path, model: Fake, budget: Budget, history: list[dict] | None = None):
+def _agent(
+    tmp_path: Path,
+    model: Fake,
+    budget: Budget,
+    history: list[dict] | None = None,
+    sinks: list[Sink] | None = None,
+):
     session = Session.create(tmp_path / "home", "s")
     session.lock()
     for message in history or []:
@@ -72,7 +80,7 @@ def _agent(tmp_path: Path, model: Fake, budget: Budget, history: list[dict] | No
     agent = Agent(
         model,
         session=session,
-        emitter=Emitter("s", [events.append]),
+        emitter=Emitter("s", [events.append, *(sinks or [])]),
         tools=all_tools(),
         ctx=ToolContext(workdir=tmp_path, outputs_dir=session.outputs_dir),
         budget=budget,
@@ -293,3 +301,21 @@ async def test_the_summary_is_asked_at_the_end_of_the_conversation_as_sent(
     fill = context.budget.fill(context.build(agent.schemas).counted, context._fixed(agent.schemas))
     assert fill < 0.6, fill
     assert "Summary: earlier steps ran bash." not in str(asked)
+
+
+async def test_every_request_a_summary_included_shows_as_in_flight(tmp_path: Path) -> None:
+    """The status line (nexpy.progress) is driven by events alone: each request, the summary
+    request of a compaction too, must find it saying a request is in flight, or a long prefill
+    looks like a hang."""
+    live = Ticker(Progress())  # never started: its state is what a terminal would show
+    in_flight: list[bool] = []
+
+    def answer(messages: list[dict], tools: list[dict] | None) -> Reply:
+        in_flight.append(live.progress.started is not None)
+        return _answers()(messages, tools)
+
+    sink = ProgressSink(io.StringIO(), live=live)
+    agent, _, _ = _agent(tmp_path, Fake(answer), Budget(4096, "flag"), _rounds(60), [sink])
+    assert await agent.send("what is left?") == "ok"
+    assert in_flight == [True, True]  # the summary, then the answer
+    assert live.progress.started is None  # and idle once answered
