@@ -82,7 +82,7 @@ def _crashing(nex_env: NexEnv) -> None:
             """
             import nexpy.agent
 
-            async def send(self, message):
+            async def send(self, message, *args, **kwargs):
                 self.session.append("message", message={"role": "user", "content": message})
                 raise RuntimeError("boom in the loop")
 
