@@ -16,7 +16,8 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # only loads local files): the build gives the C++ `llama-server` (the llama.cpp rendering engine)
 # and the shared libraries llama-cpp-python's ctypes bindings load (LLAMA_CPP_LIB_PATH, set by
 # the tests), so the Python package installs with LLAMA_BUILD=OFF and compiles nothing. One
-# compile of llama.cpp instead of two; ccache (installed below) keeps it across fresh clones.
+# compile of llama.cpp instead of two; ccache (installed below) keeps it across fresh clones
+# (CCACHE_BASEDIR: paths inside the clone are hashed relative to it, so another clone hits).
 PEERS        := .peers
 SDIST_VER    := 0.3.36
 SDIST_DIR    := $(PEERS)/llama_cpp_python-$(SDIST_VER)
@@ -48,7 +49,7 @@ $(SDIST_DIR)/.unpacked: | $(STAMP)
 $(BUILD_STAMP): $(SDIST_DIR)/.unpacked | apt-tools
 	@echo "make: building llama.cpp $(SDIST_VER) (llama-server + shared libraries; minutes the first time)" >&2
 	cmake -S $(LLAMA_CPP) -B $(LLAMA_BUILD) $(LLAMA_FLAGS) >/dev/null
-	cmake --build $(LLAMA_BUILD) --target llama-server -j$$(nproc) >/dev/null
+	CCACHE_BASEDIR=$(CURDIR) CCACHE_NOHASHDIR=1 cmake --build $(LLAMA_BUILD) --target llama-server -j$$(nproc) >/dev/null
 	@touch $@
 
 $(LLAMA_STAMP): $(STAMP) $(SDIST_DIR)/.unpacked
