@@ -280,12 +280,12 @@ def test_the_status_line_shows_the_sandbox_and_opting_in_confines_bash(
     outside = nex_env.root / "outside.txt"  # beside the work dir
     attack = {"tool_calls": [{"name": "bash", "arguments": {"command": f"echo x > {outside}"}}]}
     with stub_server({"default": {"echo": True}}) as srv:
-        assert "│ sandbox off │" in repl(srv).screen()
+        repl(srv).wait("│ sandbox off │", "the status line")
     if shutil.which("bwrap") is None:
         pytest.fail("bwrap is not installed (make test installs bubblewrap)")
     with stub_server({"replies": [attack, {"content": "tried"}]}) as srv:
         pane = repl(srv, "--sandbox", "workspace-write")
-        assert "│ sandbox workspace-write │" in pane.screen()
+        pane.wait("│ sandbox workspace-write │", "the status line")
         pane.send("write outside")
         pane.wait("tried")
     assert not outside.exists()
@@ -533,7 +533,14 @@ def test_bang_bang_sends_the_output_with_the_next_message(repl, nex_env: NexEnv)
         pane.wait("1 !! output(s) go with your next message", "the note in the status line")
         assert srv.requests == []  # nothing is sent until the person writes
         pane.send("what did it print?")
-        pane.wait("echo: [I ran `echo shared-$((6*7))` (exit 0)")
+        # The echo has markdown (a code span, a fence): the raw stream is re-rendered once it is
+        # complete, so the screen shows either form depending on when it is read.
+        pane.wait(
+            lambda s: (
+                re.search(r"echo: \[I ran `?echo shared-\$\(\(6\*7\)\)`? \(exit 0\)", s) is not None
+            ),
+            "the echo of the !! output, raw or rendered",
+        )
         (body,) = srv.requests
         assert _messages(body)[-1][1] == (
             "[I ran `echo shared-$((6*7))` (exit 0); its output:]\n```\nshared-42\n```\n\n"
