@@ -1,20 +1,28 @@
-"""The compaction ladder: make a history fit its token budget, cheapest step first.
+"""Compaction: make a history fit its token budget, as one event that frees most of the room.
 
-(a) ``tool_outputs``: old tool outputs become short handles, a head and tail around a line that
-    names the full text under the session's ``tool-outputs/`` folder, which ``read_file`` opens;
-(b) ``drop_turns``: the oldest whole units go. A unit is a user message, or an assistant message
-    with the tool results after it, so a call never loses its result. The task's first user
-    message, the latest user message and the latest unit always stay. A note takes the place of
-    what went, as an assistant message right after the first user message, so the history still
-    normalizes into the shape of DESIGN §3 (user first, alternating, every call answered);
-(c) the model summarizes what (b) removed and the summary replaces the note (``with_summary``):
-    asked at the end of the conversation as last sent (``summary_here``), which a prompt cache
-    already holds, or, when that does not fit, in a request of its own (``summary_request``).
-    A summary is removed and summarized again with the next drop, so one summary always covers
-    everything removed so far.
-When that is still not enough, the outputs of the units that must stay become handles too
-(``recent_outputs``). Each step yields the whole new history; the agent journals it as a
-``compaction`` entry, which replaces the history before it when a session is resumed.
+Every rewrite of an earlier message makes a prompt-caching server (llama.cpp, vLLM, Ollama)
+process everything after it again, so compaction is rare and thorough. What always stays:
+the task's first user message, the latest user message and the latest unit (a unit is a user
+message, or an assistant message with the tool results after it, so a call never loses its
+result). Everything else goes at once, and a summary the model writes takes its place:
+
+- ``drop_turns``: every unit that may go is removed; a note takes its place, as an assistant
+  message right after the first user message, so the history still normalizes into the shape
+  of DESIGN §3 (user first, alternating, every call answered);
+- ``with_summary``: the model's summary replaces the note. It is asked at the end of the
+  conversation as the server last saw it (``summary_here``), which its prompt cache holds, or,
+  when that does not fit, in a request of its own (``summary_request``). The previous summary
+  is among what goes and is summarized again, so one summary covers everything removed so far.
+
+After a compaction the request is the system prompt, the task, the summary and the latest step:
+the server processes the summary and that step again, and the next compaction is as far away
+as it can be. When the model cannot summarize, a history without one keeps more: ``tool_outputs``
+turns old tool outputs into short handles (a head and tail around a line naming the full text
+under the session's ``tool-outputs/`` folder, which ``read_file`` opens), then only the oldest
+units go, down to about half the room. Either way, when the units that must stay are still too
+big, their outputs become handles too (``recent_outputs``). Each step yields the whole new
+history; the agent journals it as a ``compaction`` entry, which replaces the history before it
+when a session is resumed.
 """
 
 from __future__ import annotations
@@ -46,13 +54,13 @@ SUMMARIZE = (
     "names, numbers and error messages exact. Plain text, at most {words} words. Call no tool."
 )
 TRANSCRIPT_LINE = 600  # chars of one message that go into the transcript to summarize
-# Asked at the end of the conversation itself, so a prompt-caching server has all but this cached.
+# Asked at the end of the conversation itself, so a prompt-caching server has all but this cached;
+# short, since the server processes it on every compaction.
 SUMMARIZE_HERE = (
-    "[nex: the context window is full, so the older part of this conversation is about to be "
-    "removed. Write a summary of the conversation so far for yourself, the agent who continues "
-    "it: the task, what was done (files read or changed, commands run and their results), what "
-    "was learned, decisions made, and what is left to do. Keep file paths, names, numbers and "
-    "error messages exact. Plain text, at most {words} words. Call no tool.]"
+    "[nex: the context window is full, so all of this conversation but the task will be "
+    "replaced by your summary. Write it for yourself, the agent who continues: the task, what "
+    "was done (files read or changed, commands and results), what was learned, what is left. "
+    "Keep paths, names, numbers and errors exact. Plain text, at most {words} words. No tools.]"
 )
 
 
@@ -105,24 +113,24 @@ def shrink(
     limit: int,
     reserve: int = 0,
     outputs_dir: Path | None,
-    force: bool = False,
+    summarized: bool = False,
 ) -> Shrunk:
-    """Apply the ladder's local steps to bring the history (raw tokens) down to `target`.
+    """The history (raw tokens) brought under `limit`, what must fit.
 
-    `limit` is what must fit. Compaction is an event, not a habit: every rewrite of an earlier
-    message makes a prompt-caching server process everything after it again, so one event goes
-    all the way down to `target` (about half the room) and the next turns fit for a long while.
-    Handles are cheap and lose nothing (the full text stays on disk), so old outputs go first;
-    then the oldest turns, leaving `reserve`, room for the summary that will replace the drop
-    note. The units that always stay become handles only to get under `limit`. The result may
-    still be over `limit` when the units that must stay are too big. (`force` is kept for the
-    caller's sake: the policy is the same either way.)
+    `summarized`: a summary will stand for what goes, so every unit that may go does. Otherwise
+    old outputs become handles (cheap, and nothing is lost: the full text stays on disk), then
+    the oldest units go, down to `target` (about half the room) less `reserve`, room for a note.
+    The units that always stay become handles only to get under `limit`; the result may still
+    be over it when they are too big.
     """
     ladder = _Ladder(history, counter, outputs_dir)
-    if ladder.total > target:
-        ladder.handles(target, recent=False)
-    if ladder.total > target:
-        ladder.drop(target - reserve)
+    if summarized:
+        ladder.drop(0)
+    else:
+        if ladder.total > target:
+            ladder.handles(target, recent=False)
+        if ladder.total > target:
+            ladder.drop(target - reserve)
     if ladder.total > limit:
         ladder.handles(limit, recent=True)
     return Shrunk(

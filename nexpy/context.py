@@ -82,6 +82,9 @@ class Context:
         self._output_ceiling = tool_ctx.output_cap
         self._outputs_sized = False  # on the first request: sizing loads tiktoken
         self._reminded = False  # the window-nearly-full note went out since the last compaction
+        # The last request sent and how much of the history it carried: what the server's
+        # prompt cache holds, so a summary asked after it costs only the question.
+        self._sent: tuple[int, list[dict[str, Any]]] | None = None
 
     # -- the window -----------------------------------------------------------------------
     async def ensure_window(self) -> None:
@@ -115,6 +118,7 @@ class Context:
             if refused is not None and request.counted + self.budget.max_output >= refused:
                 raise self._full("compaction cannot make the request any smaller", request)
             self.used = request.used
+            self._sent = (len(self.history), request.messages)
             self.emit("context", used=request.used, window=self.budget.window)
             try:
                 reply = await self.model.complete(
@@ -179,14 +183,17 @@ class Context:
         """Forget the conversation; journaled as a compaction to nothing, so a resume agrees."""
         self.history = []
         self._reminded = False
+        self._sent = None
         self.session.append("compaction", messages=[], reason="clear")
 
     async def _compact(self, request: Request, tools: Tools, *, force: bool) -> str:
-        """Run the compaction ladder on the history `request` was built from; `force` compacts
-        even under budget.
+        """Compact the history `request` was built from; `force` compacts even under budget.
 
-        Each step is journaled as it lands, so a crash in the middle (or during the summary
-        request) resumes from a history that already fits.
+        One event does it all (see nexpy.compaction): every turn that may go goes, and the
+        model's summary takes their place. When the model gives no summary, only the oldest
+        turns go, down to about half the room, with a note saying so. The new history is
+        journaled once it is whole: a crash before that leaves the old one, compacted again on
+        resume.
         """
         fixed = self._fixed(tools)
         room = self.budget.room(fixed)
@@ -194,16 +201,25 @@ class Context:
         if force:
             target = min(target, (request.counted - fixed) // 2)
         reserve = self._summary_tokens(room)
-        shrunk = compaction.shrink(
-            self.history,
-            self.budget.counter,
-            target=target,
-            # A history this close to full gets the reminder folded in: leave room for it.
-            limit=room - REMINDER_TOKENS,
-            reserve=reserve,
-            outputs_dir=self.tool_ctx.outputs_dir,
-            force=force,
-        )
+
+        def shrink(*, summarized: bool) -> compaction.Shrunk:
+            return compaction.shrink(
+                self.history,
+                self.budget.counter,
+                target=target,
+                # A history this close to full gets the reminder folded in: leave room for it.
+                limit=room - REMINDER_TOKENS,
+                reserve=reserve,
+                outputs_dir=self.tool_ctx.outputs_dir,
+                summarized=summarized,
+            )
+
+        shrunk = shrink(summarized=True)
+        summary = None
+        if shrunk.note is not None:
+            summary = await self._summarize(shrunk, reserve, request, tools)
+            if summary is None:
+                shrunk = shrink(summarized=False)
         if not shrunk.steps:
             return f"nothing to compact: {request.used:,} tokens in context"
         done: list[str] = []
@@ -212,7 +228,6 @@ class Context:
             if "outputs" in step.detail:
                 done.append(f"{step.detail['outputs']} tool outputs moved to files")
         if shrunk.note is not None:
-            summary = await self._summarize(shrunk, reserve, request, tools)
             if summary:
                 self._replace_history(
                     compaction.with_summary(self.history, shrunk.note, summary, shrunk.covered),
@@ -233,34 +248,51 @@ class Context:
     async def _summarize(
         self, shrunk: compaction.Shrunk, tokens: int, sent: Request, tools: Tools
     ) -> str | None:
-        """The model's summary of what compaction removed, or None if it cannot give one.
+        """The model's summary of what compaction removes, or None if it cannot give one.
 
-        Asked at the end of the conversation as it was about to be sent (`sent`, with the same
-        system prompt and tools), so a prompt-caching server processes only the question; when
-        that does not fit the window, or the model calls a tool instead, in a request of its own
-        with the removed messages as a transcript."""
-        prompt_room = int(
-            (self.budget.window - tokens - self.budget.margin) / self.budget.ratio - PER_REQUEST
-        )
+        Asked, with the same system prompt and tools, at the end of the conversation as the
+        server last saw it when all that goes was in that request: its prompt cache holds all
+        of it, so the server processes only the question (the newest step, which stays, is not
+        processed twice). Else at the end of `sent`, the request about to go. When that does
+        not fit the window, or the server refuses it for its size (which teaches the window),
+        or the model calls a tool instead, in a request of its own with the removed messages as
+        a transcript."""
+        counter = self.budget.counter
         words = tokens * 2 // 3
-        here = compaction.summary_here(sent.messages, words)
-        asked = sent.counted + self.budget.counter.text(compaction.SUMMARIZE_HERE) + words // 2
-        attempts: list[tuple[list[dict[str, Any]], Tools]] = []
-        if asked <= prompt_room:
-            attempts.append((here, tools))
-        alone = compaction.summary_request(
-            shrunk.dropped, self.budget.counter, room=prompt_room, words=words
-        )
-        attempts.append((alone, None))
-        for messages, with_tools in attempts:
+        base = sent.messages
+        if self._sent is not None:
+            carried, last = self._sent
+            earlier = {id(m) for m in self.history[:carried]}
+            if all(id(m) in earlier for m in shrunk.dropped):
+                base = last
+        here: list[dict[str, Any]] | None = compaction.summary_here(base, words)
+        asked = counter.messages(base, tools) + counter.text(compaction.SUMMARIZE_HERE) + words // 2
+        for _ in range(OVERFLOW_RETRIES + 2):
+            prompt_room = int(
+                (self.budget.window - tokens - self.budget.margin) / self.budget.ratio - PER_REQUEST
+            )
+            with_tools: Tools
+            if here is not None and asked <= prompt_room:
+                messages, with_tools = here, tools
+            else:
+                messages = compaction.summary_request(
+                    shrunk.dropped, counter, room=prompt_room, words=words
+                )
+                with_tools = None
             # A request is going out, as before any other: its wait (the whole conversation to
             # prefill, a long summary to write) shows as progress, never as a hang.
-            counted = self.budget.counter.messages(messages, with_tools)
+            counted = counter.messages(messages, with_tools)
             self.emit("context", used=self.budget.estimate(counted), window=self.budget.window)
             try:
                 reply = await self.model.complete(
                     messages, with_tools, lambda _: None, max_tokens=tokens
                 )
+            except ContextOverflow as e:
+                change = self.budget.overflowed(counted, e.n_ctx)
+                self.emit("warning", message=f"{e.message}; {change}; summarizing again")
+                self._size_outputs()
+                here = None  # a request of its own, sized to what the server said
+                continue
             except ProviderError as e:
                 self.emit(
                     "warning", message=f"could not summarize the removed messages: {e.line()}"
@@ -269,7 +301,10 @@ class Context:
             self._account(reply)
             text = reply.content.strip()
             if text and not reply.tool_calls:
-                return compaction.clip(text, self.budget.counter, tokens)
+                return compaction.clip(text, counter, tokens)
+            if with_tools is None:
+                return None
+            here = None  # it called a tool: ask again, with no tools to call
         return None
 
     def _replace_history(self, history: list[dict[str, Any]], **fields: Any) -> None:
@@ -277,6 +312,7 @@ class Context:
         self.session.append("compaction", reason="context", messages=history, **fields)
         self.history = history
         self._reminded = False
+        self._sent = None
 
     # -- sizes ----------------------------------------------------------------------------
     def _account(self, reply: Reply) -> None:

@@ -99,7 +99,8 @@ def _rounds(n: int, output: str = "some output line\n" * 120) -> list[dict]:
 
 def _answers(text: str = "ok") -> Answer:
     def answer(messages: list[dict], tools: list[dict] | None) -> Reply:
-        return Reply("Summary: earlier steps ran bash." if tools is None else text)
+        asked = tools is None or "replaced by your summary" in str(messages[-1]["content"])
+        return Reply("Summary: earlier steps ran bash." if asked else text)
 
     return answer
 
@@ -167,13 +168,33 @@ async def test_compact_now_and_nothing_to_compact(tmp_path: Path) -> None:
     agent, session, _ = _agent(tmp_path, Fake(_answers()), Budget(32_768, "flag"), _rounds(20))
     before = COUNTER.messages(agent.history)
     line = await agent.compact()
-    assert line.startswith("context compacted from"), line
-    assert COUNTER.messages(agent.history) < before // 2
+    assert line.startswith("context compacted from") and "40 messages summarized" in line, line
+    assert COUNTER.messages(agent.history) < before // 10
     steps = [e.get("step") for e in session.entries() if e["kind"] == "compaction"]
-    assert "tool_outputs" in steps
+    assert steps == ["drop_turns", "summary"]
+    # What stays: the task, the summary, and the latest unit (the closing answer).
+    assert [m["role"] for m in agent.history] == ["user", "assistant", "assistant"]
+    assert "Summary: earlier steps ran bash." in agent.history[1]["content"]
+    assert agent.history[2]["content"] == "Done with the first part."
 
     small, _, _ = _agent(tmp_path / "b", Fake(_answers()), Budget(32_768, "flag"), [user("hi")])
     assert (await small.compact()).startswith("nothing to compact")
+
+
+async def test_without_a_summary_compaction_keeps_the_newest_turns_that_fit_half(
+    tmp_path: Path,
+) -> None:
+    """A model that cannot summarize gets a history that keeps more: old outputs become
+    handles first, and only the oldest turns go, down to about half the room."""
+
+    agent, session, _ = _agent(
+        tmp_path, Fake(lambda m, t: Reply("")), Budget(32_768, "flag"), _rounds(20)
+    )
+    line = await agent.compact()
+    assert "tool outputs moved to files" in line and "summarized" not in line, line
+    steps = [e.get("step") for e in session.entries() if e["kind"] == "compaction"]
+    assert steps[0] == "tool_outputs" and "summary" not in steps
+    assert sum(1 for m in agent.history if m["role"] == "tool") > 1
 
 
 async def test_wrap_up_after_the_context_limit_sends_nothing(tmp_path: Path) -> None:
@@ -295,7 +316,7 @@ async def test_the_summary_is_asked_at_the_end_of_the_conversation_as_sent(
     asked, with_tools, _ = model.requests[0]
     assert with_tools  # the same tools: the rendered prompt is the same up to the question
     assert asked[: len(before)] == before
-    assert "Write a summary of the conversation" in asked[-1]["content"]
+    assert "replaced by your summary" in asked[-1]["content"]
     # One compaction event, down to about half of the room.
     context = agent.context
     fill = context.budget.fill(context.build(agent.schemas).counted, context._fixed(agent.schemas))
@@ -319,3 +340,47 @@ async def test_every_request_a_summary_included_shows_as_in_flight(tmp_path: Pat
     assert await agent.send("what is left?") == "ok"
     assert in_flight == [True, True]  # the summary, then the answer
     assert live.progress.started is None  # and idle once answered
+
+
+async def test_the_summary_extends_the_last_request_and_the_newest_step_stays_whole(
+    tmp_path: Path,
+) -> None:
+    """In a tool loop the summary is asked right after the request the server last processed
+    (its cache holds all of it), and the step that came back since stays verbatim after the
+    summary, so the server processes that step's output once before compaction, not twice."""
+    for k in range(12):
+        rows = (f"part {k} row {i} value {(i * 7919 + k) % 10007}\n" for i in range(30))
+        (tmp_path / f"part{k}.txt").write_text("".join(rows))
+    calls = iter(range(1000))
+
+    def answer(messages: list[dict], tools: list[dict] | None) -> Reply:
+        if "replaced by your summary" in str(messages[-1]["content"]):
+            return Reply("Summary: parts read, nothing odd.")
+        k = next(calls)
+        if k == 12:
+            return Reply("done")
+        arguments = json.dumps({"path": f"part{k}.txt"})
+        function = {"name": "read_file", "arguments": arguments}
+        return Reply("", [{"id": f"r{k}", "type": "function", "function": function}])
+
+    model = Fake(answer)
+    agent, session, _ = _agent(tmp_path, model, Budget(4096, "flag"), [])
+    assert await agent.send("read the parts") == "done"
+    sent = [messages for messages, _, _ in model.requests]
+    asks = [i for i, m in enumerate(sent) if "replaced by your summary" in str(m[-1]["content"])]
+    assert asks, "the window must be small enough to compact"
+    for i in asks:
+        before, ask, after = sent[i - 1], sent[i], sent[i + 1]
+        assert ask[:-1] == before  # the last request as sent, then the question alone
+        assert ask[-1]["role"] == "user"
+        # After it: system, task, the summary with the newest call (normalizing merges the two
+        # assistant messages), and that call's result, verbatim.
+        assert [m["role"] for m in after] == ["system", "user", "assistant", "tool"]
+        assert after[1]["content"] == "read the parts"
+        assert "Summary: parts read, nothing odd." in after[2]["content"]
+        newest = after[2]["tool_calls"][0]["id"]
+        assert newest not in json.dumps(before)  # the call the model made after `before`
+        assert after[3]["tool_call_id"] == newest
+        assert "row 29 value" in after[3]["content"]  # its whole output
+    steps = [e.get("step") for e in session.entries() if e["kind"] == "compaction"]
+    assert steps == ["drop_turns", "summary"] * len(asks)

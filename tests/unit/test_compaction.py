@@ -84,10 +84,10 @@ def _units(history: list[dict]) -> list[list[int]]:
     target=st.integers(0, 3000),
     slack=st.integers(0, 3000),
     reserve=st.integers(0, 200),
-    force=st.booleans(),
+    summarized=st.booleans(),
 )
 def test_shrink_keeps_the_invariants(
-    history: list[dict], target: int, slack: int, reserve: int, force: bool
+    history: list[dict], target: int, slack: int, reserve: int, summarized: bool
 ) -> None:
     history = _tagged(history)
     limit = target + slack
@@ -95,7 +95,7 @@ def test_shrink_keeps_the_invariants(
         outputs = Path(tmp)
         out = shrink(
             history, COUNTER, target=target, limit=limit, reserve=reserve, outputs_dir=outputs,
-            force=force,
+            summarized=summarized,
         )  # fmt: skip
         kept = out.history
 
@@ -118,6 +118,10 @@ def test_shrink_keeps_the_invariants(
         present = {m["n"] for m in kept if "n" in m}
         for unit in units:
             assert set(unit) <= present or not set(unit) & present, unit
+        if summarized and units:
+            # A summary stands for all that may go: only the units that must stay are left.
+            must = {units[-1][0]} | {m["n"] for m in (users[:1] + users[-1:])}
+            assert {u[0] for u in units if u[0] in present} <= must
         # Order is kept, and the only new message is the note, right after the task.
         order = [m["n"] for m in kept if "n" in m]
         assert order == sorted(order)
