@@ -140,7 +140,8 @@ class Context:
         """The request for the current history, compacted first if it is over budget."""
         await self.ensure_window()
         request = self.build(tools)
-        if self._remind(request, tools):
+        # A request about to be compacted gets no reminder: it would outlive the compaction.
+        if self.budget.fits(request.used + REMINDER_TOKENS) and self._remind(request, tools):
             request = self.build(tools)
         # Compaction works on its own per-message count; normalizing (merges, a folded reminder)
         # can leave the real request a little over, so go again while that still helps.

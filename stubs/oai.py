@@ -168,6 +168,18 @@ def _last_user_text(body: Mapping[str, Any]) -> str:
     return ""
 
 
+def _within_max_tokens(text: str, body: Mapping[str, Any]) -> tuple[str, bool]:
+    """`text` cut at about the request's max_tokens, as a real server stops writing there; and
+    whether it was cut."""
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if not isinstance(limit, int) or limit <= 0 or len(text) <= limit:
+        return text, False  # a token is at least a character: no need to count
+    tokens = count_tokens(text)
+    if tokens <= limit:
+        return text, False
+    return text[: len(text) * limit // tokens], True
+
+
 def _split_words(text: str) -> list[str]:
     return re.findall(r"\s*\S+|\s+$", text)
 
@@ -186,8 +198,10 @@ class _Answer:
     def __init__(
         self, reply: Mapping[str, Any], body: Mapping[str, Any], next_id: Callable[[], str]
     ):
+        self.content: str | None
+        cut = False
         if reply.get("echo"):
-            self.content: str | None = "echo: " + _last_user_text(body)
+            self.content, cut = _within_max_tokens("echo: " + _last_user_text(body), body)
         else:
             content = reply.get("content")
             self.content = None if content is None else str(content)
@@ -209,7 +223,7 @@ class _Answer:
         if self.content is None and not self.tool_calls:
             self.content = ""
         self.finish_reason: str = reply.get("finish_reason") or (
-            "tool_calls" if self.tool_calls else "stop"
+            "tool_calls" if self.tool_calls else "length" if cut else "stop"
         )
         usage = reply.get("usage")
         given: Mapping[str, Any] = usage if isinstance(usage, Mapping) else {}

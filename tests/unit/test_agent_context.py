@@ -384,3 +384,14 @@ async def test_the_summary_extends_the_last_request_and_the_newest_step_stays_wh
         assert "row 29 value" in after[3]["content"]  # its whole output
     steps = [e.get("step") for e in session.entries() if e["kind"] == "compaction"]
     assert steps == ["drop_turns", "summary"] * len(asks)
+
+
+async def test_a_request_about_to_be_compacted_gets_no_reminder(tmp_path: Path) -> None:
+    """The "nearly full" note would outlive the compaction it announces, on the message kept."""
+    model = Fake(_answers())
+    agent, session = _filled(tmp_path, model, 1.3)
+    assert await agent.send("next") == "ok"
+    answered = model.requests[-1][0]
+    assert answered[-1]["content"] == "next"
+    assert not [e for e in session.entries() if e["kind"] == "reminder"]
+    assert "context window is" not in json.dumps(answered)

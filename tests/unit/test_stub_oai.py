@@ -650,3 +650,14 @@ def test_when_asked_answers_a_request_by_its_text_and_consumes_nothing() -> None
             "first",
             "sum",
         ]
+
+
+def test_echo_stops_at_max_tokens_like_a_server() -> None:
+    long = "word " * 2000
+    with stub_server({"default": {"echo": True}}) as srv:
+        whole = chat(srv, [{"role": "user", "content": long}]).json()["choices"][0]
+        cut = chat(srv, [{"role": "user", "content": long}], max_tokens=100).json()["choices"][0]
+    assert whole["finish_reason"] == "stop" and whole["message"]["content"] == "echo: " + long
+    assert cut["finish_reason"] == "length"
+    assert 300 < len(cut["message"]["content"]) < 600  # about 100 tokens of "word "
+    assert long.startswith(cut["message"]["content"].removeprefix("echo: "))
