@@ -82,7 +82,7 @@ test: $(STAMP) peers apt-tools
 	$(BIN)/ruff check nexpy handlers stubs tests bench
 	$(BIN)/ruff format --check nexpy handlers stubs tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q -rs -p no:cacheprovider -n 2 --dist loadfile
+	$(BIN)/pytest -q -rs -p no:cacheprovider -n 2 --dist loadfile --durations=15
 
 # The conformance tier alone: every real chat template on both rendering engines, and its table.
 conformance: $(STAMP) peers
