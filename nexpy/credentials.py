@@ -37,6 +37,11 @@ REDACTED = "[redacted]"
 
 _held: dict[str, str] = {}  # variables taken out of the environment: name -> value
 _resolved: set[str] = set()  # values nex resolved for this run, whatever their variable's name
+_changes = 0  # bumped whenever _held or _resolved change: the cache below is stale then
+# secret_values() is asked at every journal entry and event (ten times a turn): the last answer,
+# with the environment it was computed from and _changes then. Reading os.environ costs ~0.5 µs
+# a variable (each name decoded in Python), comparing its raw dict with a copy ~1 µs in all.
+_last: tuple[dict[bytes, bytes], int, Secrets] | None = None
 
 
 @functools.lru_cache(maxsize=4096)  # asked for every variable at every journal entry
@@ -61,15 +66,19 @@ def hold_run_keys(
         _register(value)
     if not withdraw:
         return
+    global _changes
     for name in [k for k in os.environ if is_secret_name(k) or os.environ[k] in _resolved]:
         _held[name] = os.environ.pop(name)
+        _changes += 1
         _register(_held[name])
         _wipe_environ_block(name)
 
 
 def _register(value: str) -> None:
+    global _changes
     if len(value) >= MIN_LENGTH:
         _resolved.add(value)
+        _changes += 1
 
 
 def _wipe_environ_block(name: str) -> None:
@@ -175,7 +184,20 @@ def _secrets_for(raw: frozenset[str]) -> Secrets:
 
 def secret_values(environ: Mapping[str, str] | None = None) -> Secrets:
     """Every secret of this process (the run's keys and credential variables), ready to redact."""
-    return _secrets_for(_raw_secrets(environ))
+    global _last
+    if environ is not None:
+        return _secrets_for(_raw_secrets(environ))
+    # CPython's os.environ keeps the raw variables in a dict (bytes on POSIX); anywhere it does
+    # not, every call reads the environment as before.
+    raw = getattr(os.environ, "_data", None)
+    if isinstance(raw, dict) and _last is not None and _last[1] == _changes and _last[0] == raw:
+        return _last[2]
+    # What the answer is computed from is noted first: a change meanwhile (another thread) then
+    # makes the next call compute again, rather than pairing new inputs with an old answer.
+    snapshot, changes = (dict(raw) if isinstance(raw, dict) else None), _changes
+    secrets = _secrets_for(_raw_secrets())
+    _last = None if snapshot is None else (snapshot, changes, secrets)
+    return secrets
 
 
 def redact(text: str, secrets: Secrets | None = None) -> str:

@@ -80,3 +80,33 @@ def test_a_run_key_of_any_name_is_withdrawn_everywhere() -> None:
 def test_scrubbed_env_drops_credential_names() -> None:
     env = {"PATH": "/bin", "FOO_API_KEY": "x" * 20, "HOME": "/root"}
     assert scrubbed_env(env) == {"PATH": "/bin", "HOME": "/root"}
+
+
+def test_secret_values_follow_every_change_of_the_environment_and_the_run_keys() -> None:
+    """secret_values() is cached between calls (it is asked at every journal entry and event):
+    a variable set, changed or removed, and a run key registered, each show in the next answer.
+    In a fresh process: registering a key changes the process for good."""
+    code = textwrap.dedent(
+        """
+        import os
+        from nexpy import credentials
+        first = credentials.secret_values()
+        assert credentials.secret_values() is first  # nothing changed: the cached answer
+        assert "tok-sentinel-1234" not in first.raw
+        os.environ["GH_TOKEN"] = "tok-sentinel-1234"
+        assert credentials.redact("a tok-sentinel-1234") == "a [redacted]"
+        os.environ["GH_TOKEN"] = "tok-sentinel-5678"
+        assert credentials.redact("tok-sentinel-1234 tok-sentinel-5678") == (
+            "tok-sentinel-1234 [redacted]")
+        del os.environ["GH_TOKEN"]
+        assert credentials.redact("tok-sentinel-5678") == "tok-sentinel-5678"
+        os.environ["PLAIN"] = "not-a-secret-value"  # any change is seen, secret or not
+        assert credentials.redact("not-a-secret-value") == "not-a-secret-value"
+        credentials.hold_run_keys(None, ["hdr-sentinel-9012"])
+        assert credentials.redact("hdr-sentinel-9012") == "[redacted]"
+        print("ok")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GH_TOKEN"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout == "ok\n", out.stderr
