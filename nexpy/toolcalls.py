@@ -52,9 +52,53 @@ def field_of(obj: Any, key: str) -> Any:
     """`obj[key]` or `obj.key`: litellm hands out pydantic objects, tests and servers dicts."""
     if obj is None:
         return None
-    if isinstance(obj, Mapping):
+    if type(obj) is dict:
         return obj.get(key)
+    kind = _kind(type(obj))
+    if kind == "mapping":
+        return obj.get(key)
+    if kind == "pydantic" and key[:1] != "_" and not _on_class(type(obj), key):
+        # Read a stream chunk a dozen times: what getattr finds, without going through pydantic's
+        # __getattr__ (2 µs a hit, 6 µs a miss, raising inside): no class attribute by that
+        # name, so a declared field is in __dict__, an undeclared one in __pydantic_extra__,
+        # and anything else is missing (private attributes start with "_": not read here).
+        fields = obj.__dict__
+        if key in fields:
+            return fields[key]
+        extra = getattr(obj, "__pydantic_extra__", None)
+        return extra.get(key) if extra else None
     return getattr(obj, key, None)
+
+
+_KINDS: dict[type, str] = {}  # class -> "mapping" | "pydantic" | "object"
+_ON_CLASS: dict[tuple[type, str], bool] = {}  # (class, name) -> whether the class resolves it
+
+
+def _kind(cls: type) -> str:
+    kind = _KINDS.get(cls)
+    if kind is None:
+        hook = getattr(cls, "__getattr__", None)
+        if issubclass(cls, Mapping):
+            kind = "mapping"
+        elif (getattr(hook, "__module__", None), getattr(hook, "__qualname__", None)) == (
+            "pydantic.main",
+            "BaseModel.__getattr__",
+        ):
+            kind = "pydantic"
+        else:
+            kind = "object"
+        _KINDS[cls] = kind
+    return kind
+
+
+def _on_class(cls: type, key: str) -> bool:
+    """Whether `cls` or its metaclass has an attribute `key` (a method, property, default)."""
+    found = _ON_CLASS.get((cls, key))
+    if found is None:
+        meta: type = type(cls)
+        found = any(key in vars(k) for k in (*cls.__mro__, *meta.__mro__))
+        _ON_CLASS[(cls, key)] = found
+    return found
 
 
 def _is_json_object(text: str) -> bool:

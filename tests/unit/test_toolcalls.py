@@ -340,3 +340,68 @@ def test_arguments_repaired_when_unambiguous(raw: Any, expected: dict) -> None:
 def test_arguments_left_alone_when_ambiguous(raw: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         parse_arguments(raw)
+
+
+# -- reading litellm's objects -------------------------------------------------------------------
+
+
+def test_field_of_reads_litellm_objects_exactly_as_getattr_does() -> None:
+    """field_of skips pydantic's __getattr__ for litellm's stream objects: every field a reply is
+    read by, present, unset, deleted (litellm deletes an unset reasoning_content) or undeclared
+    (pydantic's extras), and names the class itself answers (methods, properties, private
+    attributes), read the same as getattr(obj, key, None), object by object."""
+    from litellm.types.utils import (
+        ChatCompletionDeltaToolCall,
+        Delta,
+        Function,
+        Message,
+        ModelResponse,
+        ModelResponseStream,
+        PromptTokensDetailsWrapper,
+        StreamingChoices,
+        Usage,
+    )
+
+    from nexpy.toolcalls import _kind, field_of
+
+    call = ChatCompletionDeltaToolCall(
+        id="call_1", index=0, type="function", function=Function(name="bash", arguments="{}")
+    )
+    usage = Usage(
+        prompt_tokens=100,
+        completion_tokens=10,
+        prompt_tokens_details=PromptTokensDetailsWrapper(cached_tokens=60),
+    )
+    objects: list[Any] = [
+        Delta(content="hi", role="assistant"),
+        Delta(content=None, reasoning_content="thinking"),
+        Delta(reasoning="via openrouter"),
+        Delta(tool_calls=[call]),
+        Delta(content="x", provider_specific_fields={"extra": 1}, surprise="undeclared"),
+        call,
+        call.function,
+        StreamingChoices(delta=Delta(content="a"), finish_reason="stop"),
+        ModelResponseStream(choices=[StreamingChoices(delta=Delta(content="a"))]),
+        ModelResponseStream(choices=[], usage=usage),
+        usage,
+        usage.prompt_tokens_details,
+        ModelResponse(choices=[{"message": {"role": "assistant", "content": "done"}}]),
+        Message(content="done", role="assistant", tool_calls=None),
+    ]
+    keys = [
+        *("usage", "choices", "delta", "message", "content", "reasoning_content", "reasoning"),
+        *("tool_calls", "role", "finish_reason", "index", "id", "type", "function", "name"),
+        *("arguments", "prompt_tokens", "completion_tokens", "prompt_tokens_details"),
+        *("cached_tokens", "surprise", "provider_specific_fields", "thinking_blocks", "audio"),
+        *("get", "json", "model_fields", "hidden_params", "_hidden_params", "_response_headers"),
+        *("__class__", "mro", "not_there_at_all"),
+    ]
+    for obj in objects:
+        assert _kind(type(obj)) == "pydantic", type(obj)  # the fast path is what is tested
+        for key in keys:
+            expected = getattr(obj, key, None)
+            got = field_of(obj, key)
+            if callable(expected):  # a bound method: a new object at each read
+                assert callable(got) and got == expected, (type(obj).__name__, key)
+            else:
+                assert got is expected or got == expected, (type(obj).__name__, key, got)
