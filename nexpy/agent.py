@@ -237,7 +237,10 @@ class Agent:
         try:
             for group in self._groups(calls):
                 nudges = [self._loop_nudge(call) for call in group]
-                results = await asyncio.gather(*(self._run_one(call) for call in group))
+                if len(group) == 1:  # the common case: no task of its own to gather
+                    results = [await self._run_one(group[0])]
+                else:
+                    results = await asyncio.gather(*(self._run_one(call) for call in group))
                 for call, nudge, (result, seconds) in zip(group, nudges, results, strict=True):
                     if nudge:
                         result = replace(result, output=f"{result.output}\n\n{nudge}")

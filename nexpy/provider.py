@@ -243,9 +243,10 @@ class LitellmModel:
 
             kwargs["client"] = coalescing_client(self.plan.endpoint)
         try:
-            response = await asyncio.wait_for(
-                lm.acompletion(**kwargs), self.connect_timeout + self.idle_timeout
-            )
+            # A deadline on this task, not wait_for's task of its own: one less task and its
+            # loop iterations per request (and acompletion runs as a bare call to it does).
+            async with asyncio.timeout(self.connect_timeout + self.idle_timeout):
+                response = await lm.acompletion(**kwargs)
         except TimeoutError:
             raise stalled(self.where, self.idle_timeout, mid_answer=False) from None
         # The tools offered, even when the request carried them in its prompt (tools-in-prompt):
