@@ -35,7 +35,7 @@ from bench.harness import (
     nex_argv,
 )
 from bench.settings import Context
-from bench.turns import TOOL_CALLS, USAGE, prepare_workdir
+from bench.turns import prepare_workdir, reading
 from nexpy.tools import all_tools, schemas
 
 # litellm is every route's provider (the project's card), so its cost is accepted: the target is
@@ -112,8 +112,13 @@ def _fleet(
 ) -> tuple[float, float, float | None, bool, int]:
     """N sessions at once: (requests/s, fraction of ideal, CPU busy, overlapped, requests)."""
     s = ctx.settings
-    reply = {"tool_calls": [TOOL_CALLS[0]], "usage": USAGE, "delay": s.fleet_latency}
-    script = {"replies": [{**reply, "barrier": n}] * n, "default": reply}
+    # Each session's first request waits for the others (barrier); then the sessions take
+    # replies in turn, each a read_file call that differs from that session's previous one.
+    delay = {"delay": s.fleet_latency}
+    replies = [{**reading(i, n), **delay} for i in range(n * (s.fleet_turns + 2))]
+    for first in replies[:n]:
+        first["barrier"] = n
+    script = {"replies": replies, "default": {**reading(0), **delay}}
     with Stub(script, ctx.scratch) as stub, CpuMeter() as meter:
         procs = [Launched(argv(k, stub.url), env, work) for k in range(n)]
         results = [p.wait(timeout=900) for p in procs]

@@ -49,6 +49,17 @@ TOOL_CALLS = (
     {"name": "glob", "arguments": {"pattern": "*.txt"}},
     {"name": "grep", "arguments": {"pattern": "alpha"}},
 )
+
+
+def reading(i: int, sessions: int = 1) -> dict[str, Any]:
+    """The i-th scripted reply of `sessions` sessions served in turn: a read_file call whose
+    offset alternates for each session, so nex's stuck-loop rule (the same call four times in a
+    row ends the run, nexpy.limits) never cuts a session short of the turns it is measured on."""
+    offset = 1 + i // sessions % 2
+    call = {"name": "read_file", "arguments": {"path": "notes.txt", "offset": offset}}
+    return {"tool_calls": [call], "usage": USAGE}
+
+
 # In-process sessions run as on an endpoint whose context_window is configured: window discovery
 # is a once-per-process cost (the subprocess figures include it), not a per-turn one.
 CONFIGURED_WINDOW = 32_768
@@ -544,8 +555,10 @@ def streaming(ctx: Context) -> list[Figure]:
 
 
 def long_sessions(ctx: Context) -> list[Figure]:
-    reply = {"tool_calls": [TOOL_CALLS[0]], "usage": USAGE}
-    with Stub({"default": reply}, ctx.scratch) as stub:
+    # Every request of the section takes one (a turn of a session, a replay): as many as it can
+    # make, then the default.
+    replies = [reading(i) for i in range(4_000)]
+    with Stub({"replies": replies, "default": reading(0)}, ctx.scratch) as stub:
         return in_worker(ctx, "long", stub)
 
 
