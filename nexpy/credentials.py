@@ -32,6 +32,9 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 _SECRET_NAME = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+# ...unless the name says its value is where something is (TIKTOKEN_CACHE_DIR, SSL_KEY_FILE):
+# a path is not a secret, and redacting one hides it from every journal, event and tool output.
+_LOCATION_NAME = re.compile(r"_(DIR|PATH|FILE|HOME)$", re.IGNORECASE)
 MIN_LENGTH = 8  # shorter values ("1", "true") would redact ordinary text
 REDACTED = "[redacted]"
 
@@ -46,7 +49,7 @@ _last: tuple[dict[bytes, bytes], int, Secrets] | None = None
 
 @functools.lru_cache(maxsize=4096)  # asked for every variable at every journal entry
 def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
+    return bool(_SECRET_NAME.search(name)) and not _LOCATION_NAME.search(name)
 
 
 def getenv(name: str) -> str | None:

@@ -110,3 +110,13 @@ def test_secret_values_follow_every_change_of_the_environment_and_the_run_keys()
     env = {k: v for k, v in os.environ.items() if k != "GH_TOKEN"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout == "ok\n", out.stderr
+
+
+def test_a_variable_that_names_a_location_is_not_a_secret() -> None:
+    """litellm's tokenizer path (TIKTOKEN_CACHE_DIR, which nex sets) was redacted everywhere."""
+    from nexpy.credentials import is_secret_name
+
+    for name in ("TIKTOKEN_CACHE_DIR", "SSL_KEY_FILE", "GNUPG_KEY_PATH", "TOKEN_HOME"):
+        assert not is_secret_name(name), name
+    for name in ("OPENAI_API_KEY", "GITHUB_TOKEN", "DB_PASSWORD", "KEY_DIRECTORY", "MY_SECRET"):
+        assert is_secret_name(name), name
