@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import fleet, prefill, sandbox, startup, turns
-from bench.harness import ROOT, Figure, scratch_dir
+from bench.harness import ROOT, Figure, compile_bytecode, scratch_dir
 from bench.settings import FULL, QUICK, Context
 
 RESULTS = ROOT / "bench" / "results"
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     durations: dict[str, float] = {}
     began = time.perf_counter()
     load_before = os.getloadavg()[0]
+    compile_bytecode()
     with scratch_dir() as scratch:
         ctx = Context(settings, scratch)
         try:
