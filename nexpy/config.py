@@ -22,68 +22,22 @@
     extra_body = { chat_template_kwargs = { enable_thinking = false } }
 
 Precedence (DESIGN §2) is decided in `plan.plan_spawn`; this module only loads and says which
-file each value came from.
+file each value came from. What a file may say is checked in `nexpy.config_file`.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import TYPE_CHECKING
 
 from nexpy.approval import Mode
-from nexpy.errors import ConfigError
+
+if TYPE_CHECKING:
+    from nexpy.config_file import EndpointConfig, ModelSettings
 
 LOCAL_CONFIG = Path(".nex") / "config.toml"
-
-
-class ModelSettings(BaseModel):
-    """Request settings for a model (a `[models."GLOB"]` table) or an endpoint: only what the
-    user sets goes on the wire; the server's (or the model's) own defaults stay in force."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float | None = Field(default=None, ge=0)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=0)
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, gt=0)
-    reasoning_effort: str | None = None
-    extra_body: dict[str, Any] | None = None
-
-    def given(self) -> dict[str, Any]:
-        """The settings this table sets."""
-        return {k: v for k, v in self.model_dump().items() if v is not None}
-
-
-SETTINGS = tuple(ModelSettings.model_fields)
-
-
-class EndpointConfig(ModelSettings):
-    url: str
-    provider: str | None = None
-    api_key_env: str | None = None
-    context_window: int | None = Field(default=None, gt=0)
-    headers: dict[str, str] = Field(default_factory=dict)
-
-
-class FileConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = None
-    endpoint: str | None = None
-    context_window: int | None = Field(default=None, gt=0)
-    sandbox: str | None = None  # checked against the modes in nexpy.sandbox.choose
-    network: bool | None = None
-    approval: Mode | None = None
-    project_doc_max_tokens: int | None = Field(default=None, gt=0)
-    notify: float | None = Field(default=None, ge=0)
-    endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
-    models: dict[str, ModelSettings] = Field(default_factory=dict)
 
 
 @dataclass
@@ -117,34 +71,14 @@ def _display(path: Path, cwd: Path) -> str:
         return str(path)
 
 
-def read_file(path: Path) -> FileConfig:
-    """Parse one config file; a syntax or schema error is a ConfigError naming file and line."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config {path} is not valid TOML: {e}", hint="fix or remove it") from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"config {path} is not UTF-8 text (byte {e.start})", hint="save it as UTF-8"
-        ) from e
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
-    try:
-        return FileConfig.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(
-            f"config {path}: {where}: {err['msg']}", hint="see README 'Configuration'"
-        ) from e
-
-
 def load_config(cwd: Path, *, global_path: Path | None = None) -> Config:
     """Merge the global file, then the project-local one over it."""
     merged = Config()
     for path in (global_path or global_config_path(), cwd / LOCAL_CONFIG):
         if not path.is_file():
             continue
+        from nexpy.config_file import read_file  # pydantic: only when there is a file to check
+
         fc = read_file(path)
         label = _display(path, cwd)
         for key in (

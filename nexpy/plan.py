@@ -16,14 +16,17 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from nexpy.config import SETTINGS, Config, EndpointConfig, ModelSettings
+from nexpy.config import Config
 from nexpy.credentials import getenv, redact
 from nexpy.errors import ConfigError, UsageError
 from nexpy.routing import EXECUTOR_PREFIX, ROUTES, ModelSpec, default_endpoint, parse_model
 from nexpy.sandbox import Sandbox, choose
+
+if TYPE_CHECKING:
+    from nexpy.config_file import EndpointConfig, ModelSettings
 
 DEFAULT_MODEL = "stub:demo"
 
@@ -285,6 +288,10 @@ def model_settings(
     if endpoint is not None and endpoint_name is not None:
         where = config.source.get(f"endpoints.{endpoint_name}", "config")
         tables.append((endpoint, f"endpoints.{endpoint_name} in {where}"))
+    if not tables:
+        return {}, {}
+    from nexpy.config_file import SETTINGS  # pydantic: loaded only when a config file exists
+
     settings: dict[str, Any] = {}
     source: dict[str, str] = {}
     for key in SETTINGS:

@@ -16,7 +16,8 @@ import pytest
 import respx
 
 from nexpy.agent import build_model
-from nexpy.config import Config, EndpointConfig
+from nexpy.config import Config
+from nexpy.config_file import EndpointConfig
 from nexpy.errors import (
     AuthError,
     BadRequestError,

@@ -12,7 +12,8 @@ import respx
 
 import nexpy.litellm_setup
 from nexpy import window
-from nexpy.config import Config, EndpointConfig
+from nexpy.config import Config
+from nexpy.config_file import EndpointConfig
 from nexpy.plan import SpawnPlan, SpawnRequest, plan_spawn
 from nexpy.window import discover
 from stubs.oai import stub_server
