@@ -22,7 +22,6 @@ The rules, each applied here and nowhere else:
 from __future__ import annotations
 
 import base64
-import ctypes
 import functools
 import os
 import re
@@ -95,6 +94,8 @@ def _wipe_environ_block(name: str) -> None:
         start, end = int(fields[47]), int(fields[48])  # env_start, env_end (proc(5), 50 and 51)
         if not 0 < start < end:
             return
+        import ctypes  # only when a secret is withdrawn: not on every launch
+
         block = ctypes.string_at(start, end - start)
         entry = name.encode() + b"="
         if block.startswith(entry):

@@ -9,7 +9,6 @@ on a prefix. `nexpy.plan.plan_spawn` is what picks the route of a run (a configu
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -128,6 +127,8 @@ def _near_prefix(candidate: str) -> str | None:
     for known in ROUTES:
         if _edit_distance(candidate.lower(), known) <= 2 and candidate.lower() != known:
             return known
+    import difflib  # only for a mistyped prefix: not on every launch
+
     close = difflib.get_close_matches(candidate.lower(), list(ROUTES), n=1, cutoff=0.8)
     return close[0] if close else None
 
