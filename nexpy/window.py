@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nexpy.budget import DEFAULT_WINDOW
 from nexpy.plan import SpawnPlan
+
+if TYPE_CHECKING:
+    import httpx
 
 PROBE_TIMEOUT = 2.0  # seconds per probe; a local server answers in milliseconds
 # The num_ctx nex sends Ollama without --context-window (agent.build_model), so the most a window
@@ -70,17 +73,24 @@ async def discover(plan: SpawnPlan, *, timeout: float = PROBE_TIMEOUT) -> Window
     return found
 
 
-async def _ask_server(plan: SpawnPlan, timeout: float) -> Window | None:
+def _client(plan: SpawnPlan, timeout: float) -> httpx.AsyncClient:
     import httpx
 
     headers = dict(plan.headers)
     key = plan.api_key()
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    endpoint = (plan.endpoint or "").rstrip("/")
-    async with httpx.AsyncClient(
+    return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=min(1.0, timeout)), headers=headers
-    ) as client:
+    )
+
+
+async def _ask_server(plan: SpawnPlan, timeout: float) -> Window | None:
+    # Importing httpx and loading its CA bundle take ~100 ms of CPU; the REPL probes right after
+    # its prompt is drawn, and on the loop's thread that would hold back the first keystrokes.
+    client = await asyncio.to_thread(_client, plan, timeout)
+    endpoint = (plan.endpoint or "").rstrip("/")
+    async with client:
         if plan.spec.route.native_api == "ollama":
             show = await _json(client.post(f"{endpoint}/api/show", json={"model": plan.model}))
             return _from_ollama(show)
