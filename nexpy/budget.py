@@ -47,7 +47,9 @@ class TokenCounter:
         self._cache: OrderedDict[str, int] = OrderedDict()
         self._cache_size = cache_size
 
-    def _encode_len(self, text: str) -> int:
+    def load(self) -> None:
+        """Load the encoding if not yet loaded: ~0.3 s of CPU once a process, which a caller on
+        an event loop does in a thread (counting loads it on first use otherwise)."""
         if self._encoding is None:
             prepare_environment()
             try:
@@ -56,6 +58,10 @@ class TokenCounter:
                 self._encoding = tiktoken.get_encoding("cl100k_base")
             except Exception:
                 self._encoding = False  # offline with no bundled files: estimate
+
+    def _encode_len(self, text: str) -> int:
+        if self._encoding is None:
+            self.load()
         if self._encoding is False:
             return len(text) // 4 + 1
         return len(self._encoding.encode(text, disallowed_special=()))

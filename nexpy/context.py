@@ -13,6 +13,7 @@ step journaled first, so a resume sees what the model saw) and what the requests
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,8 @@ class Context:
                 self.emit("warning", message=found.warning)
             self._outputs_sized = False
         if not self._outputs_sized:
+            # The REPL runs this just after its prompt is drawn: the tokenizer loads off the loop.
+            await asyncio.to_thread(self.budget.counter.load)
             self._size_outputs()
             self._outputs_sized = True
 
