@@ -91,6 +91,11 @@ def load(
             continue
         if body:
             texts.append((str(path), body))
+    if sum(len(_section(name, body).encode()) for name, body in texts) <= max_tokens:
+        # A token is at least one byte, so nothing is cut: no need for the tokenizer, which
+        # costs ~0.3 s to load and would load here, before the REPL prompt is drawn.
+        texts = [(name, _section(name, body)) for name, body in texts]
+        return _kept(result, texts)
     # Nearest first gets the budget: the work dir's file is the most specific.
     left = max_tokens
     kept: list[tuple[str, str]] = []
@@ -112,6 +117,10 @@ def load(
         left -= cost
         kept.append((name, section))
     kept.reverse()
+    return _kept(result, kept)
+
+
+def _kept(result: Instructions, kept: list[tuple[str, str]]) -> Instructions:
     result.files = [name for name, _ in kept]
     if kept:
         result.text = HEADER + "".join(section for _, section in kept)
