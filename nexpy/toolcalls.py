@@ -31,7 +31,7 @@ from typing import Any
 
 def new_call_id() -> str:
     """A call id unique across the session, for calls the server gave none."""
-    # 96 random bits, as uuid4 gives; not uuid itself, which imports `platform` at startup.
+    # 24 random hex digits, as uuid4().hex[:24] gave; uuid itself imports `platform` at startup.
     return "call_" + os.urandom(12).hex()
 
 
