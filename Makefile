@@ -78,10 +78,14 @@ demo: $(STAMP)
 
 # Every tier: lint, types, unit, stub integration (sockets, subprocesses, tmux, the bwrap
 # sandbox), real peers, and the chat-template conformance tier (README, "Chat templates").
+# Hundreds of tests start `nex`: compiled first, they run from bytecode as an installed nex does
+# instead of compiling every module at each launch (PYTHONDONTWRITEBYTECODE, set on many
+# machines, stops Python writing the cache itself; a stale .pyc is never used).
 test: $(STAMP) peers apt-tools
 	$(BIN)/ruff check nexpy handlers stubs tests bench
 	$(BIN)/ruff format --check nexpy handlers stubs tests bench
 	$(BIN)/mypy
+	$(BIN)/python -m compileall -q nexpy handlers stubs
 	$(BIN)/pytest -q -rs -p no:cacheprovider -n 2 --dist loadfile --durations=15
 
 # The conformance tier alone: every real chat template on both rendering engines, and its table.
