@@ -143,8 +143,7 @@ class Context:
         """The request for the current history, compacted first if it is over budget."""
         await self.ensure_window()
         request = self.build(tools)
-        # A request about to be compacted gets no reminder: it would outlive the compaction.
-        if self.budget.fits(request.used + REMINDER_TOKENS) and self._remind(request, tools):
+        if self._remind(request, tools):
             request = self.build(tools)
         # Compaction works on its own per-message count; normalizing (merges, a folded reminder)
         # can leave the real request a little over, so go again while that still helps.
@@ -167,7 +166,12 @@ class Context:
         The note is appended to the newest message, the one this request is the first to carry,
         and journaled, so every later request (and a resume) sends those same bytes: a prompt
         cache keeps everything before it. Compaction clears it with the rest."""
-        if self._reminded or not self.history:
+        # A request about to be compacted gets none: it would outlive the compaction.
+        if (
+            self._reminded
+            or not self.history
+            or not self.budget.fits(request.used + REMINDER_TOKENS)
+        ):
             return False
         note = self.budget.reminder(request.counted, self._fixed(tools))
         if note is None:

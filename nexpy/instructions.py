@@ -91,16 +91,16 @@ def load(
             continue
         if body:
             texts.append((str(path), body))
-    if sum(len(_section(name, body).encode()) for name, body in texts) <= max_tokens:
+    sections = [_section(name, body) for name, body in texts]
+    if sum(len(section.encode()) for section in sections) <= max_tokens:
         # A token is at least one byte, so nothing is cut: no need for the tokenizer, which
         # costs ~0.3 s to load and would load here, before the REPL prompt is drawn.
-        texts = [(name, _section(name, body)) for name, body in texts]
-        return _kept(result, texts)
+        names = [name for name, _ in texts]
+        return _kept(result, list(zip(names, sections, strict=True)))
     # Nearest first gets the budget: the work dir's file is the most specific.
     left = max_tokens
     kept: list[tuple[str, str]] = []
-    for name, body in reversed(texts):
-        section = _section(name, body)
+    for (name, body), section in zip(reversed(texts), reversed(sections), strict=True):
         cost = counter.text(section)
         if cost > left:
             room = max(0, left - counter.text(_section(name, "")) - 16) * CHARS_PER_TOKEN

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from bench.prefill import ASKED_HERE
 from nexpy.agent import Agent, create
 from nexpy.budget import TokenCounter
-from nexpy.compaction import SUMMARIZE_HERE
 from nexpy.config import Config
 from nexpy.events import Emitter
 from nexpy.handler import HandlerOptions
@@ -101,9 +101,6 @@ class Reactive:
         self.server.script.add(reply)
         self.counted.append(self.counter.messages(messages, tools))
         return await self.inner.complete(messages, tools, on_text, max_tokens=max_tokens)
-
-
-ASKED_HERE = SUMMARIZE_HERE.split(",")[0]
 
 
 def _steps(files: int) -> Iterator[dict[str, Any]]:
